@@ -1,0 +1,26 @@
+# pushblaster — run `make help` for the targets.
+GO ?= go
+
+.PHONY: help run demo test bench lint build
+
+help: ## list targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+
+demo: ## watch one automation run through all five phases (embedded SQLite)
+	$(GO) run ./cmd/pushblaster demo
+
+run: ## start the engine on ./pushblaster.db (embedded SQLite)
+	$(GO) run ./cmd/pushblaster serve
+
+build: ## build bin/pushblaster
+	$(GO) build -o bin/pushblaster ./cmd/pushblaster
+
+test: ## the whole test suite, with the race detector (needs PostgreSQL on 127.0.0.1)
+	$(GO) test -race -count=1 -timeout 14m ./...
+
+bench: ## benchmarks; record results in docs/BENCHMARKS.md
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./...
+
+lint: ## gofmt and go vet
+	@test -z "$$(gofmt -l .)" || (gofmt -l .; exit 1)
+	$(GO) vet ./...

@@ -1,0 +1,267 @@
+// Package engine runs automations: a scheduler tick turns due cron fires
+// into executions, and each execution's five phases run as short River jobs
+// chained in transactions with the store. Waits (lead time, cancellation
+// window) are jobs scheduled for later, never a sleeping worker.
+package engine
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver"
+	"github.com/riverqueue/river/rivertype"
+
+	pb "github.com/pushblaster/pushblaster"
+	"github.com/pushblaster/pushblaster/store"
+)
+
+// Config configures an Engine. Zero values take the defaults.
+type Config struct {
+	// InstanceID names this instance in every phase record and log line
+	// (default: host-pid-random).
+	InstanceID string
+	// Clock is the engine's time (default: the system clock). A non-nil
+	// clock is shared with River, so tests move time instead of sleeping.
+	Clock  pb.Clock
+	Logger *slog.Logger
+	// TickInterval is how often the scheduler looks for due fires
+	// (default 1s).
+	TickInterval time.Duration
+	// PollInterval is how often River looks for due jobs (default 100ms).
+	// It bounds how late a phase starts after its time.
+	PollInterval time.Duration
+	// MaxWorkers is the number of jobs run at once (default 50).
+	MaxWorkers int
+	// RescueAfter is how long a job may run before River considers its
+	// instance dead and runs it again elsewhere (default 15m).
+	RescueAfter time.Duration
+	// Senders maps a provider name to its sender. "log" is built in.
+	Senders map[string]pb.Sender
+	// PhaseAttempts is how often a phase with a recoverable error is tried
+	// before the execution fails (default 3).
+	PhaseAttempts int
+	// MaxMissedRecords caps the missed fires recorded one by one after a
+	// long outage; older ones are summed up in one record (default 100).
+	MaxMissedRecords int
+	// LateFire is how late a fire may start and still count as on time
+	// rather than a catch-up (default 1m).
+	LateFire time.Duration
+}
+
+// Engine runs automations. It implements pb.Service.
+type Engine struct {
+	store   *store.Store
+	jobs    jobs
+	clock   pb.Clock
+	log     *slog.Logger
+	cfg     Config
+	senders map[string]pb.Sender
+
+	mu      sync.Mutex
+	running map[int64]context.CancelCauseFunc // execution id → its running phase
+	stopped chan struct{}
+	started bool
+}
+
+var _ pb.Service = (*Engine)(nil)
+
+// New returns an engine on st, running jobs with River on driver (which must
+// use the same database as st).
+func New[TDriver riverdriver.Driver[TTx], TTx any](st *store.Store, driver TDriver, cfg Config) (*Engine, error) {
+	cfg = withDefaults(cfg)
+	e := &Engine{
+		store:   st,
+		clock:   cfg.Clock,
+		log:     cfg.Logger.With("instance_id", cfg.InstanceID),
+		cfg:     cfg,
+		senders: map[string]pb.Sender{pb.ProviderLog: &logSender{log: cfg.Logger.With("instance_id", cfg.InstanceID)}},
+		running: map[int64]context.CancelCauseFunc{},
+		stopped: make(chan struct{}),
+	}
+	for name, s := range cfg.Senders {
+		e.senders[name] = s
+	}
+	workers := river.NewWorkers()
+	if err := river.AddWorkerSafely(workers, &tickWorker{e: e}); err != nil {
+		return nil, pb.Errorf(pb.KindInternal, "register tick worker: %v", err)
+	}
+	if err := river.AddWorkerSafely(workers, &phaseWorker{e: e}); err != nil {
+		return nil, pb.Errorf(pb.KindInternal, "register phase worker: %v", err)
+	}
+	rc := &river.Config{
+		ID:                   cfg.InstanceID,
+		Logger:               quietLogger(cfg.Logger),
+		Queues:               map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: cfg.MaxWorkers}},
+		Workers:              workers,
+		FetchPollInterval:    cfg.PollInterval,
+		FetchCooldown:        min(cfg.PollInterval, 20*time.Millisecond),
+		RescueStuckJobsAfter: cfg.RescueAfter,
+		JobTimeout:           time.Minute,
+		Middleware:           []rivertype.Middleware{&dueAtMiddleware{}},
+		PeriodicJobs: []*river.PeriodicJob{river.NewPeriodicJob(
+			river.PeriodicInterval(cfg.TickInterval),
+			func() (river.JobArgs, *river.InsertOpts) { return tickArgs{}, nil },
+			&river.PeriodicJobOpts{RunOnStart: true, ID: "tick"},
+		)},
+		ErrorHandler: &errorHandler{e: e},
+	}
+	if cfg.Clock != pb.SystemClock {
+		rc.Test.Time = riverTime{cfg.Clock}
+	}
+	j, err := newRiverJobs[TDriver, TTx](driver, rc, cfg.Clock)
+	if err != nil {
+		return nil, err
+	}
+	e.jobs = j
+	return e, nil
+}
+
+func withDefaults(c Config) Config {
+	if c.InstanceID == "" {
+		c.InstanceID = NewInstanceID()
+	}
+	if c.Clock == nil {
+		c.Clock = pb.SystemClock
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	}
+	if c.TickInterval <= 0 {
+		c.TickInterval = time.Second
+	}
+	if c.PollInterval <= 0 {
+		c.PollInterval = 100 * time.Millisecond
+	}
+	if c.MaxWorkers <= 0 {
+		c.MaxWorkers = 50
+	}
+	if c.RescueAfter <= 0 {
+		c.RescueAfter = 15 * time.Minute
+	}
+	if c.PhaseAttempts <= 0 {
+		c.PhaseAttempts = 3
+	}
+	if c.MaxMissedRecords <= 0 {
+		c.MaxMissedRecords = 100
+	}
+	if c.LateFire <= 0 {
+		c.LateFire = time.Minute
+	}
+	return c
+}
+
+// NewInstanceID returns host-pid-random: unique, and readable in a log.
+func NewInstanceID() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "host"
+	}
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b))
+}
+
+// InstanceID returns this instance's name.
+func (e *Engine) InstanceID() string { return e.cfg.InstanceID }
+
+// Store returns the engine's store.
+func (e *Engine) Store() *store.Store { return e.store }
+
+// Start starts ticking and working jobs.
+func (e *Engine) Start(ctx context.Context) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.started {
+		return pb.Errorf(pb.KindInternal, "engine already started")
+	}
+	if err := e.jobs.start(ctx); err != nil {
+		return pb.WrapError(pb.KindDatabase, err, "start River")
+	}
+	e.started = true
+	e.log.Info("engine started", "event", "engine.start", "tick_interval", e.cfg.TickInterval.String())
+	return nil
+}
+
+// Stop stops firing and lets running jobs finish until ctx is done, then
+// cancels them: they are retried after a restart or by another instance,
+// and their phases pick up where the ledger says they stopped.
+func (e *Engine) Stop(ctx context.Context) error {
+	e.mu.Lock()
+	if !e.started {
+		e.mu.Unlock()
+		return nil
+	}
+	e.started = false
+	e.mu.Unlock()
+	e.log.Info("engine stopping: finishing running jobs", "event", "engine.stop")
+	err := e.jobs.stop(ctx)
+	if err != nil && errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
+		e.log.Warn("soft stop timed out: cancelling running jobs; they resume after restart or on another instance", "event", "engine.stop_cancel")
+		hard, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		err = e.jobs.stopAndCancel(hard)
+	}
+	close(e.stopped)
+	if err != nil {
+		return pb.WrapError(pb.KindInternal, err, "stop River")
+	}
+	e.log.Info("engine stopped", "event", "engine.stopped")
+	return nil
+}
+
+// Stopping reports whether Stop was called (so an aborted phase knows it
+// was interrupted, not cancelled by an operator).
+func (e *Engine) stopping() bool {
+	select {
+	case <-e.stopped:
+		return true
+	default:
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return !e.started
+}
+
+func (e *Engine) now() time.Time { return store.Canon(e.clock.Now()) }
+
+// trackRunning registers the cancel func of an execution's running phase,
+// so a cancel on this instance stops it at once.
+func (e *Engine) trackRunning(id int64, cancel context.CancelCauseFunc) func() {
+	e.mu.Lock()
+	e.running[id] = cancel
+	e.mu.Unlock()
+	return func() {
+		e.mu.Lock()
+		delete(e.running, id)
+		e.mu.Unlock()
+	}
+}
+
+func (e *Engine) cancelLocal(id int64, cause error) {
+	e.mu.Lock()
+	cancel := e.running[id]
+	e.mu.Unlock()
+	if cancel != nil {
+		cancel(cause)
+	}
+}
+
+// errorHandler records panics in jobs: a bug must not vanish into a log.
+type errorHandler struct{ e *Engine }
+
+func (h *errorHandler) HandleError(ctx context.Context, job *rivertype.JobRow, err error) *river.ErrorHandlerResult {
+	return nil
+}
+
+func (h *errorHandler) HandlePanic(ctx context.Context, job *rivertype.JobRow, panicVal any, trace string) *river.ErrorHandlerResult {
+	h.e.log.Error("job panicked", "event", "job.panic", "job_id", job.ID, "kind", job.Kind, "panic", fmt.Sprint(panicVal), "trace", trace)
+	return nil
+}

@@ -1,0 +1,229 @@
+package engine_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	pb "github.com/pushblaster/pushblaster"
+	"github.com/pushblaster/pushblaster/engine"
+)
+
+// TestEditDuringExecution: an edit (new copy, new schedule) while an
+// execution runs does not touch it: it finishes on its version; only future
+// fires change.
+func TestEditDuringExecution(t *testing.T) {
+	t.Parallel()
+	forEachDialect(t, func(t *testing.T, dialect string) {
+		b := setup(t, dialect)
+		a := automation("edited")
+		a.Message.Title = "v1"
+		a = b.create(a)
+		send := berlin(2026, 6, 1, 9, 30)
+		b.clock.Set(send.Add(-30 * time.Minute))
+		ex := b.waitPhase(b.waitExecutions(a.ID, 1)[0].ID, pb.PhaseWindow, pb.PhaseRunning)
+
+		edit := automation("edited")
+		edit.Message.Title = "v2"
+		edit.Schedule.Cron = "0 18 * * *"
+		updated, err := b.eng.UpdateAutomation(t.Context(), a.ID, edit)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if updated.Version != 2 || !updated.NextSendAt.Equal(berlin(2026, 6, 1, 18, 0)) {
+			t.Fatalf("updated: version %d next %v", updated.Version, updated.NextSendAt)
+		}
+		b.clock.Set(send)
+		ex = b.waitStatus(ex.ID, pb.StatusCompleted)
+		if ex.AutomationVersion != 1 {
+			t.Errorf("running execution moved to version %d", ex.AutomationVersion)
+		}
+		if got := b.sender.titlesOf("u1"); fmt.Sprint(got) != "[v1]" {
+			t.Errorf("u1 got %v, want [v1]: the running execution keeps its copy", got)
+		}
+		// The next fire follows the new schedule and copy.
+		b.clock.Set(berlin(2026, 6, 1, 17, 30))
+		next := b.waitExecutions(a.ID, 2)[0]
+		if next.AutomationVersion != 2 || !next.SendAt.Equal(berlin(2026, 6, 1, 18, 0)) {
+			t.Fatalf("next: %s version %d send %v", describe(next), next.AutomationVersion, next.SendAt)
+		}
+		b.waitPhase(next.ID, pb.PhaseWindow, pb.PhaseRunning)
+		b.clock.Set(berlin(2026, 6, 1, 18, 0))
+		b.waitStatus(next.ID, pb.StatusCompleted)
+		if got := b.sender.titlesOf("u1"); fmt.Sprint(got) != "[v1 v2]" {
+			t.Errorf("u1 got %v, want [v1 v2]", got)
+		}
+	})
+}
+
+// TestDeleteWithRunningExecution: refused without force; with force the
+// execution is cancelled first and its history stays readable.
+func TestDeleteWithRunningExecution(t *testing.T) {
+	t.Parallel()
+	forEachDialect(t, func(t *testing.T, dialect string) {
+		b := setup(t, dialect)
+		a := b.create(automation("doomed"))
+		b.clock.Set(berlin(2026, 6, 1, 9, 0))
+		ex := b.waitPhase(b.waitExecutions(a.ID, 1)[0].ID, pb.PhaseWindow, pb.PhaseRunning)
+		err := b.eng.DeleteAutomation(t.Context(), a.ID, false)
+		if pb.ErrorKind(err) != pb.KindConflict {
+			t.Fatalf("delete: %v, want conflict", err)
+		}
+		if _, err := b.eng.GetAutomation(t.Context(), a.ID); err != nil {
+			t.Fatalf("refused delete removed the automation: %v", err)
+		}
+		if err := b.eng.DeleteAutomation(t.Context(), a.ID, true); err != nil {
+			t.Fatal(err)
+		}
+		ex = b.waitPhase(ex.ID, pb.PhaseCleanup, pb.PhaseCompleted)
+		if ex.Status != pb.StatusCancelled {
+			t.Errorf("execution after forced delete: %s", describe(ex))
+		}
+		if _, err := b.eng.GetAutomation(t.Context(), a.ID); pb.ErrorKind(err) != pb.KindNotFound {
+			t.Errorf("get deleted: %v", err)
+		}
+		b.clock.Set(berlin(2026, 6, 1, 9, 30))
+		if res, err := b.eng.Tick(t.Context()); err != nil || res.Fired != 0 {
+			t.Errorf("deleted automation fired: %+v %v", res, err)
+		}
+		// The name is free again.
+		b.create(automation("doomed"))
+	})
+}
+
+// TestPauseResume: a paused automation does not fire; resuming schedules
+// the next full timeline, without backfilling.
+func TestPauseResume(t *testing.T) {
+	t.Parallel()
+	forEachDialect(t, func(t *testing.T, dialect string) {
+		b := setup(t, dialect)
+		a := b.create(automation("pausable"))
+		p, err := b.eng.SetPaused(t.Context(), a.ID, true)
+		if err != nil || !p.Paused || p.NextSendAt != nil {
+			t.Fatalf("pause: %+v %v", p, err)
+		}
+		b.clock.Set(berlin(2026, 6, 3, 12, 0))
+		if res, err := b.eng.Tick(t.Context()); err != nil || res != (engine.TickResult{}) {
+			t.Fatalf("paused automation ticked: %+v %v", res, err)
+		}
+		r, err := b.eng.SetPaused(t.Context(), a.ID, false)
+		if err != nil || r.Paused || !r.NextSendAt.Equal(berlin(2026, 6, 4, 9, 30)) {
+			t.Fatalf("resume: %+v %v", r, err)
+		}
+		if list := b.executions(a.ID); len(list) != 0 {
+			t.Errorf("paused days were recorded: %d executions", len(list))
+		}
+	})
+}
+
+// TestDST runs a fixed-hour and a wildcard-hour automation through both
+// 2026 transitions in New York, executing every fire: cronie semantics.
+func TestDST(t *testing.T) {
+	t.Parallel()
+	ny, _ := time.LoadLocation("America/New_York")
+	cases := []struct {
+		name, cron string
+		from, to   time.Time
+		want       []string
+	}{
+		{"spring fixed 02:30", "30 2 * * *", time.Date(2026, 3, 7, 0, 0, 0, 0, ny), time.Date(2026, 3, 9, 12, 0, 0, 0, ny),
+			[]string{"2026-03-07T02:30:00-05:00", "2026-03-08T03:00:00-04:00", "2026-03-09T02:30:00-04:00"}},
+		{"fall fixed 01:30", "30 1 * * *", time.Date(2026, 10, 31, 0, 0, 0, 0, ny), time.Date(2026, 11, 2, 12, 0, 0, 0, ny),
+			[]string{"2026-10-31T01:30:00-04:00", "2026-11-01T01:30:00-04:00", "2026-11-02T01:30:00-05:00"}},
+		{"fall hourly", "30 * * * *", time.Date(2026, 11, 1, 0, 0, 0, 0, ny), time.Date(2026, 11, 1, 2, 45, 0, 0, ny),
+			[]string{"2026-11-01T00:30:00-04:00", "2026-11-01T01:30:00-04:00", "2026-11-01T01:30:00-05:00", "2026-11-01T02:30:00-05:00"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			forEachDialect(t, func(t *testing.T, dialect string) {
+				b := setup(t, dialect)
+				b.clock.Set(c.from)
+				a := automation("dst")
+				a.Schedule = pb.Schedule{Cron: c.cron, Timezone: "America/New_York"}
+				a.LeadTime = pb.DurationOf(0)
+				a = b.create(a)
+				// Step through time one fire at a time, finishing each.
+				for i := 0; ; i++ {
+					cur, _ := b.eng.GetAutomation(t.Context(), a.ID)
+					if cur.NextSendAt == nil || cur.NextSendAt.After(c.to) {
+						break
+					}
+					b.clock.Set(*cur.NextSendAt)
+					list := b.waitExecutions(a.ID, i+1)
+					b.waitStatus(list[0].ID, pb.StatusCompleted)
+				}
+				list := b.executions(a.ID)
+				var got []string
+				for j := len(list) - 1; j >= 0; j-- {
+					got = append(got, list[j].SendAt.In(ny).Format(time.RFC3339))
+				}
+				if fmt.Sprint(got) != fmt.Sprint(c.want) {
+					t.Fatalf("send times:\n got %v\nwant %v", got, c.want)
+				}
+				if n := b.sender.count("u1"); n != len(c.want) {
+					t.Errorf("u1 got %d pushes, want %d", n, len(c.want))
+				}
+			})
+		})
+	}
+}
+
+// TestRestartMidExecution: an engine stops (its running job cancelled mid
+// send); a new engine on the same database finishes the execution, and
+// nobody gets a push twice.
+func TestRestartMidExecution(t *testing.T) {
+	t.Parallel()
+	forEachDialect(t, func(t *testing.T, dialect string) {
+		b := setup(t, dialect)
+		a := automation("restart")
+		a.Audience.Recipients = recipients("u", 1200)
+		a = b.create(a)
+		send := berlin(2026, 6, 1, 9, 30)
+		b.clock.Set(send.Add(-30 * time.Minute))
+		ex := b.waitPhase(b.waitExecutions(a.ID, 1)[0].ID, pb.PhaseWindow, pb.PhaseRunning)
+
+		// First engine: batch 1 goes out, batch 2 is in flight when it
+		// stops.
+		entered, release := b.sender.hold()
+		b.clock.Set(send)
+		<-entered
+		release()
+		entered, release = b.sender.hold()
+		<-entered
+		stopCtx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+		defer cancel()
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = b.eng.Stop(stopCtx) }()
+		wg.Wait()
+		release()
+		mid := b.execution(ex.ID)
+		if mid.Status.Final() || mid.PhaseRecord(pb.PhaseLiveSend).Status != pb.PhaseRunning {
+			t.Fatalf("after stop: %s", describe(mid))
+		}
+
+		// Second engine takes over. River retries the interrupted job after
+		// its backoff: move the clock past it.
+		eng2 := b.newEngine(t, b.store)
+		b.start(eng2)
+		b.clock.Set(send.Add(time.Minute))
+		ex = b.waitStatus(ex.ID, pb.StatusCompleted)
+		live := ex.PhaseRecord(pb.PhaseLiveSend)
+		if live.Attempt != 2 || live.Instance != eng2.InstanceID() {
+			t.Errorf("live send phase: attempt %d on %s; want attempt 2 on the new engine", live.Attempt, live.Instance)
+		}
+		if d := b.sender.duplicates(); len(d) > 0 {
+			t.Fatalf("duplicate pushes: %v", d)
+		}
+		// 500 sent by the first engine, 500 unknown (in flight at the
+		// stop), 200 sent by the second.
+		if ex.Metrics[pb.MetricSent] != 700 || ex.Metrics["unknown"] != 500 {
+			t.Errorf("metrics = %v; want sent 700, unknown 500", ex.Metrics)
+		}
+		if b.sender.total() != 701 {
+			t.Errorf("sender delivered %d, want 701 (700 live + 1 test)", b.sender.total())
+		}
+	})
+}

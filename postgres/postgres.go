@@ -1,0 +1,225 @@
+// Package postgres runs pushblaster's store on PostgreSQL through a bounded
+// pgx v5 pool, and migrates both the engine's tables and River's.
+package postgres
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+
+	pb "github.com/pushblaster/pushblaster"
+	"github.com/pushblaster/pushblaster/store"
+)
+
+//go:embed migrations/*.sql
+var migrationFS embed.FS
+
+// Migrations returns the engine's migrations for PostgreSQL.
+func Migrations() ([]store.Migration, error) {
+	return store.LoadMigrations(migrationFS, "migrations")
+}
+
+// Config bounds the pool. Zero values take the defaults.
+type Config struct {
+	URL string
+	// MaxConns caps open connections (default 10).
+	MaxConns int32
+	// IdleTimeout closes connections idle this long (default 30s).
+	IdleTimeout time.Duration
+	// ConnectTimeout bounds opening one connection (default 5s).
+	ConnectTimeout time.Duration
+	// StatementTimeout bounds every statement on the server (default 60s).
+	StatementTimeout time.Duration
+	// Schema, if set, is the search_path of every connection: the engine's
+	// and River's tables live there.
+	Schema string
+}
+
+// Defaults.
+const (
+	DefaultMaxConns         = 10
+	DefaultIdleTimeout      = 30 * time.Second
+	DefaultConnectTimeout   = 5 * time.Second
+	DefaultStatementTimeout = 60 * time.Second
+)
+
+// Open opens a bounded pool and checks that the server answers.
+func Open(ctx context.Context, cfg Config) (*pgxpool.Pool, error) {
+	pc, err := pgxpool.ParseConfig(cfg.URL)
+	if err != nil {
+		return nil, pb.Errorf(pb.KindValidation, "database URL: %v", redact(err)).With("field", "database_url")
+	}
+	pc.MaxConns = cmpOr(cfg.MaxConns, DefaultMaxConns)
+	pc.MaxConnIdleTime = cmpOr(cfg.IdleTimeout, DefaultIdleTimeout)
+	pc.ConnConfig.ConnectTimeout = cmpOr(cfg.ConnectTimeout, DefaultConnectTimeout)
+	stmt := cmpOr(cfg.StatementTimeout, DefaultStatementTimeout)
+	pc.ConnConfig.RuntimeParams["statement_timeout"] = strconv.FormatInt(stmt.Milliseconds(), 10)
+	pc.ConnConfig.RuntimeParams["application_name"] = "pushblaster"
+	if cfg.Schema != "" {
+		pc.ConnConfig.RuntimeParams["search_path"] = cfg.Schema
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	if err != nil {
+		return nil, pb.Errorf(pb.KindDatabase, "open PostgreSQL pool: %v", redact(err))
+	}
+	pingCtx, cancel := context.WithTimeout(ctx, pc.ConnConfig.ConnectTimeout)
+	defer cancel()
+	if err := pool.Ping(pingCtx); err != nil {
+		pool.Close()
+		return nil, pb.Errorf(pb.KindDatabase, "connect to PostgreSQL at %s:%d: %v", pc.ConnConfig.Host, pc.ConnConfig.Port, redact(err))
+	}
+	return pool, nil
+}
+
+func cmpOr[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
+}
+
+// redact drops the connection string (and its password) that some pgx
+// errors quote.
+func redact(err error) string {
+	var pe *pgconn.ParseConfigError
+	if errors.As(err, &pe) {
+		return "cannot parse the URL (check its format: postgres://user:password@host:5432/db)"
+	}
+	return err.Error()
+}
+
+// migrationLockKey, mixed with the schema name, serialises migrators of one
+// schema across instances.
+const migrationLockKey = 0x7075_7368_626c // "pushbl"
+
+// Migrate applies the engine's and River's migrations, holding an advisory
+// lock so that instances starting together do not race.
+func Migrate(ctx context.Context, pool *pgxpool.Pool) ([]string, error) {
+	ms, err := Migrations()
+	if err != nil {
+		return nil, err
+	}
+	c, err := pool.Acquire(ctx)
+	if err != nil {
+		return nil, pb.Errorf(pb.KindDatabase, "migrate: acquire connection: %v", err)
+	}
+	defer c.Release()
+	if _, err := c.Exec(ctx, `SELECT pg_advisory_lock($1::bigint # hashtext(current_schema()))`, int64(migrationLockKey)); err != nil {
+		return nil, pb.Errorf(pb.KindDatabase, "migrate: take lock: %v", err)
+	}
+	defer func() {
+		_, _ = c.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1::bigint # hashtext(current_schema()))`, int64(migrationLockKey))
+	}()
+	return store.MigrateAll(ctx, NewConn(pool), ms, riverpgxv5.New(pool))
+}
+
+// Pending returns the migrations (the engine's and River's) not applied.
+func Pending(ctx context.Context, pool *pgxpool.Pool) ([]string, error) {
+	ms, err := Migrations()
+	if err != nil {
+		return nil, err
+	}
+	return store.PendingAll(ctx, NewConn(pool), ms, riverpgxv5.New(pool))
+}
+
+// NewConn adapts a pool to store.Conn.
+func NewConn(pool *pgxpool.Pool) store.Conn { return &conn{querier{pool}, pool} }
+
+type pgxQuerier interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+type querier struct{ q pgxQuerier }
+
+func (q querier) Exec(ctx context.Context, sql string, args ...any) (int64, error) {
+	tag, err := q.q.Exec(ctx, sql, args...)
+	if err != nil {
+		return 0, interpretError(err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+func (q querier) Query(ctx context.Context, sql string, args ...any) (store.Rows, error) {
+	rows, err := q.q.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, interpretError(err)
+	}
+	return pgxRows{rows}, nil
+}
+
+func (q querier) QueryRow(ctx context.Context, sql string, args ...any) store.Row {
+	return pgxRow{q.q.QueryRow(ctx, sql, args...)}
+}
+
+type pgxRows struct{ pgx.Rows }
+
+func (r pgxRows) Scan(dest ...any) error { return interpretError(r.Rows.Scan(dest...)) }
+func (r pgxRows) Err() error             { return interpretError(r.Rows.Err()) }
+
+type pgxRow struct{ pgx.Row }
+
+func (r pgxRow) Scan(dest ...any) error { return interpretError(r.Row.Scan(dest...)) }
+
+type conn struct {
+	querier
+	pool *pgxpool.Pool
+}
+
+func (c *conn) Dialect() string { return "postgres" }
+func (c *conn) Close() error    { c.pool.Close(); return nil }
+
+func (c *conn) Begin(ctx context.Context) (store.TxConn, error) {
+	tx, err := c.pool.Begin(ctx)
+	if err != nil {
+		return nil, interpretError(err)
+	}
+	return &txConn{querier{tx}, tx}, nil
+}
+
+func (c *conn) BeginRead(ctx context.Context) (store.TxConn, error) {
+	tx, err := c.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return nil, interpretError(err)
+	}
+	return &txConn{querier{tx}, tx}, nil
+}
+
+type txConn struct {
+	querier
+	tx pgx.Tx
+}
+
+func (t *txConn) Commit(ctx context.Context) error   { return interpretError(t.tx.Commit(ctx)) }
+func (t *txConn) Rollback(ctx context.Context) error { return interpretError(t.tx.Rollback(ctx)) }
+func (t *txConn) Raw() any                           { return t.tx }
+
+// interpretError translates pgx errors at the edge: no rows, unique
+// violations (conflict) and statement timeouts keep their meaning.
+func interpretError(err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, pgx.ErrNoRows) {
+		return store.ErrNoRows
+	}
+	var pge *pgconn.PgError
+	if errors.As(err, &pge) {
+		switch pge.Code {
+		case "23505":
+			return pb.Errorf(pb.KindConflict, "unique constraint %s violated: %s", pge.ConstraintName, pge.Detail)
+		case "57014":
+			return pb.Errorf(pb.KindDatabase, "statement cancelled by the server (statement_timeout or a cancel): %s", pge.Message)
+		}
+	}
+	return err
+}

@@ -1,0 +1,285 @@
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	pb "github.com/pushblaster/pushblaster"
+)
+
+// insertBatch bounds rows per multi-row INSERT (SQLite allows 32,766
+// parameters per statement).
+const insertBatch = 500
+
+// DeleteRecipients removes an execution's recipients, so that a re-run
+// audience phase starts from nothing.
+func (o ops) DeleteRecipients(ctx context.Context, id int64) error {
+	_, err := o.q.Exec(ctx, `DELETE FROM recipients WHERE execution_id = $1`, id)
+	return dbErr(err, "delete recipients of execution %d", id)
+}
+
+// InsertRecipients adds recipients to an execution and returns how many
+// were new: a repeated (user_id, token) pair is dropped.
+func (o ops) InsertRecipients(ctx context.Context, id int64, rs []pb.Recipient) (int64, error) {
+	var inserted int64
+	for start := 0; start < len(rs); start += insertBatch {
+		batch := rs[start:min(start+insertBatch, len(rs))]
+		var (
+			sb   strings.Builder
+			args = make([]any, 0, len(batch)*5)
+		)
+		sb.WriteString(`INSERT INTO recipients (execution_id, user_id, token, platform, data) VALUES `)
+		for i, r := range batch {
+			if i > 0 {
+				sb.WriteString(", ")
+			}
+			n := len(args)
+			fmt.Fprintf(&sb, "($%d, $%d, $%d, $%d, $%d)", n+1, n+2, n+3, n+4, n+5)
+			var data any
+			if len(r.Data) > 0 {
+				b, _ := json.Marshal(r.Data) // a map of strings always encodes
+				data = string(b)
+			}
+			args = append(args, id, r.UserID, r.Token, r.Platform, data)
+		}
+		sb.WriteString(` ON CONFLICT (execution_id, user_id, token) DO NOTHING`)
+		n, err := o.q.Exec(ctx, sb.String(), args...)
+		if err != nil {
+			return inserted, dbErr(err, "insert recipients of execution %d", id)
+		}
+		inserted += n
+	}
+	return inserted, nil
+}
+
+// StoredRecipient is a recipient with its row id, the cursor for batches.
+type StoredRecipient struct {
+	ID int64
+	pb.Recipient
+}
+
+// Recipients returns up to limit recipients of an execution with an id
+// above afterID, in id order.
+func (o ops) Recipients(ctx context.Context, id, afterID int64, limit int) ([]StoredRecipient, error) {
+	rows, err := o.q.Query(ctx, `
+		SELECT id, user_id, token, platform, data FROM recipients
+		WHERE execution_id = $1 AND id > $2 ORDER BY id LIMIT $3`, id, afterID, limit)
+	if err != nil {
+		return nil, dbErr(err, "read recipients of execution %d", id)
+	}
+	defer rows.Close()
+	var out []StoredRecipient
+	for rows.Next() {
+		var (
+			r    StoredRecipient
+			data nullString
+		)
+		if err := rows.Scan(&r.ID, &r.UserID, &r.Token, &r.Platform, &data); err != nil {
+			return nil, dbErr(err, "read recipients of execution %d", id)
+		}
+		if data.Valid && data.String != "" {
+			if err := json.Unmarshal([]byte(data.String), &r.Data); err != nil {
+				return nil, pb.Errorf(pb.KindInternal, "recipient %d: stored data unreadable: %v", r.ID, err)
+			}
+		}
+		out = append(out, r)
+	}
+	return out, dbErr(rows.Err(), "read recipients of execution %d", id)
+}
+
+// Audience names which list a delivery belongs to.
+type Audience string
+
+// Audiences.
+const (
+	AudienceTest Audience = "test"
+	AudienceLive Audience = "live"
+)
+
+// Delivery states of the ledger.
+const (
+	DeliverySending = "sending"
+	DeliverySent    = "sent"
+	DeliveryFailed  = "failed"
+	// DeliveryUnknown: the request was in flight when its instance died, so
+	// nobody knows whether the push arrived. It is reported, not re-sent.
+	DeliveryUnknown = "unknown"
+)
+
+// ClaimDeliveries writes a ledger row in state sending for every recipient
+// of rs that has none yet, and returns those: only they may be sent. A row
+// already in state sending belongs to an attempt that died mid-request; it
+// becomes unknown and is counted in unknown.
+func (o ops) ClaimDeliveries(ctx context.Context, id int64, aud Audience, rs []pb.Recipient, instance string, now time.Time) (claimed []pb.Recipient, unknown int64, err error) {
+	now = Canon(now)
+	for start := 0; start < len(rs); start += insertBatch {
+		batch := rs[start:min(start+insertBatch, len(rs))]
+		var (
+			sb   strings.Builder
+			args = []any{id, string(aud), instance, now}
+		)
+		sb.WriteString(`INSERT INTO deliveries (execution_id, audience, user_id, token, state, attempts, instance, updated_at) VALUES `)
+		byKey := make(map[[2]string]pb.Recipient, len(batch))
+		for i, r := range batch {
+			if i > 0 {
+				sb.WriteString(", ")
+			}
+			n := len(args)
+			fmt.Fprintf(&sb, "($1, $2, $%d, $%d, 'sending', 1, $3, $4)", n+1, n+2)
+			args = append(args, r.UserID, r.Token)
+			byKey[[2]string{r.UserID, r.Token}] = r
+		}
+		sb.WriteString(` ON CONFLICT (execution_id, audience, user_id, token) DO NOTHING RETURNING user_id, token`)
+		rows, err := o.q.Query(ctx, sb.String(), args...)
+		if err != nil {
+			return nil, 0, dbErr(err, "claim deliveries of execution %d", id)
+		}
+		for rows.Next() {
+			var k [2]string
+			if err := rows.Scan(&k[0], &k[1]); err != nil {
+				rows.Close()
+				return nil, 0, dbErr(err, "claim deliveries of execution %d", id)
+			}
+			claimed = append(claimed, byKey[k])
+			delete(byKey, k)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, 0, dbErr(err, "claim deliveries of execution %d", id)
+		}
+		// What was not inserted has a row already: sent, failed, or sending
+		// from an attempt that died.
+		if len(byKey) == 0 {
+			continue
+		}
+		keys := make([][2]string, 0, len(byKey))
+		for k := range byKey {
+			keys = append(keys, k)
+		}
+		in, inArgs := keysIn(keys, 4)
+		n, err := o.q.Exec(ctx, `
+			UPDATE deliveries SET state = 'unknown', reason = 'in flight when its sender stopped', updated_at = $3
+			WHERE execution_id = $1 AND audience = $2 AND state = 'sending' AND `+in,
+			append([]any{id, string(aud), now}, inArgs...)...)
+		if err != nil {
+			return nil, 0, dbErr(err, "mark unknown deliveries of execution %d", id)
+		}
+		unknown += n
+	}
+	return claimed, unknown, nil
+}
+
+// DeliveryResult is the outcome of one provider call.
+type DeliveryResult struct {
+	UserID, Token string
+	State         string // sent, failed or unknown
+	Reason        string
+}
+
+// FinishDeliveries records provider outcomes for rows in state sending,
+// one statement per distinct outcome.
+func (o ops) FinishDeliveries(ctx context.Context, id int64, aud Audience, results []DeliveryResult, now time.Time) error {
+	now = Canon(now)
+	type outcome struct{ state, reason string }
+	groups := map[outcome][][2]string{}
+	var order []outcome
+	for _, r := range results {
+		k := outcome{r.State, r.Reason}
+		if _, ok := groups[k]; !ok {
+			order = append(order, k)
+		}
+		groups[k] = append(groups[k], [2]string{r.UserID, r.Token})
+	}
+	for _, k := range order {
+		keys := groups[k]
+		for start := 0; start < len(keys); start += insertBatch {
+			in, inArgs := keysIn(keys[start:min(start+insertBatch, len(keys))], 6)
+			_, err := o.q.Exec(ctx, `
+				UPDATE deliveries SET state = $3, reason = $4, updated_at = $5
+				WHERE execution_id = $1 AND audience = $2 AND state = 'sending' AND `+in,
+				append([]any{id, string(aud), k.state, k.reason, now}, inArgs...)...)
+			if err != nil {
+				return dbErr(err, "record deliveries of execution %d", id)
+			}
+		}
+	}
+	return nil
+}
+
+// keysIn returns "(user_id, token) IN (VALUES ($n, $n+1), …)" with its
+// arguments, numbering placeholders from first.
+func keysIn(keys [][2]string, first int) (string, []any) {
+	var sb strings.Builder
+	args := make([]any, 0, 2*len(keys))
+	sb.WriteString("(user_id, token) IN (VALUES ")
+	for i, k := range keys {
+		if i > 0 {
+			sb.WriteString(", ")
+		}
+		fmt.Fprintf(&sb, "($%d, $%d)", first+2*i, first+2*i+1)
+		args = append(args, k[0], k[1])
+	}
+	sb.WriteString(")")
+	return sb.String(), args
+}
+
+// DeliveryCounts returns the number of ledger rows per state.
+func (o ops) DeliveryCounts(ctx context.Context, id int64, aud Audience) (map[string]int64, error) {
+	rows, err := o.q.Query(ctx, `
+		SELECT state, count(*) FROM deliveries WHERE execution_id = $1 AND audience = $2 GROUP BY state`,
+		id, string(aud))
+	if err != nil {
+		return nil, dbErr(err, "count deliveries of execution %d", id)
+	}
+	defer rows.Close()
+	out := map[string]int64{}
+	for rows.Next() {
+		var (
+			state string
+			n     int64
+		)
+		if err := rows.Scan(&state, &n); err != nil {
+			return nil, dbErr(err, "count deliveries of execution %d", id)
+		}
+		out[state] = n
+	}
+	return out, dbErr(rows.Err(), "count deliveries of execution %d", id)
+}
+
+// DeliveryRow is one ledger row.
+type DeliveryRow struct {
+	Audience Audience
+	UserID   string
+	Token    string
+	State    string
+	Reason   string
+	Attempts int
+	Instance string
+}
+
+// Deliveries returns an execution's ledger, ordered by audience and user.
+func (o ops) Deliveries(ctx context.Context, id int64) ([]DeliveryRow, error) {
+	rows, err := o.q.Query(ctx, `
+		SELECT audience, user_id, token, state, reason, attempts, instance FROM deliveries
+		WHERE execution_id = $1 ORDER BY audience, user_id, token`, id)
+	if err != nil {
+		return nil, dbErr(err, "read deliveries of execution %d", id)
+	}
+	defer rows.Close()
+	var out []DeliveryRow
+	for rows.Next() {
+		var (
+			d   DeliveryRow
+			aud string
+		)
+		if err := rows.Scan(&aud, &d.UserID, &d.Token, &d.State, &d.Reason, &d.Attempts, &d.Instance); err != nil {
+			return nil, dbErr(err, "read deliveries of execution %d", id)
+		}
+		d.Audience = Audience(aud)
+		out = append(out, d)
+	}
+	return out, dbErr(rows.Err(), "read deliveries of execution %d", id)
+}
