@@ -26,7 +26,11 @@ type ClockFunc func() time.Time
 func (f ClockFunc) Now() time.Time { return f() }
 
 // SystemClock is the real clock.
-var SystemClock Clock = ClockFunc(time.Now)
+var SystemClock Clock = systemClock{}
+
+type systemClock struct{}
+
+func (systemClock) Now() time.Time { return time.Now() }
 
 // Service is what people can do with the engine; the HTTP API serves it.
 //

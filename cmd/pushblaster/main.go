@@ -1,0 +1,105 @@
+// Command pushblaster is the scheduled push-notification engine and its
+// command-line client: `pushblaster serve` runs the engine and its API;
+// the other commands talk to a running server (or, for migrate, to the
+// database). Run `pushblaster help` for the list.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	pb "github.com/pushblaster/pushblaster"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err := run(ctx, os.Args[1:], os.Getenv, os.Stdin, os.Stdout, os.Stderr)
+	os.Exit(exitCode(err, os.Stderr))
+}
+
+// errUsage marks a command-line mistake (exit status 2).
+var errUsage = errors.New("usage")
+
+// exitError carries an exit status without printing anything more (the
+// command already said what it had to).
+type exitError struct{ code int }
+
+func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
+
+func exitCode(err error, stderr io.Writer) int {
+	if err == nil {
+		return 0
+	}
+	var ee exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	if errors.Is(err, errUsage) {
+		return 2
+	}
+	fmt.Fprintln(stderr, "pushblaster:", describeError(err))
+	return 1
+}
+
+// describeError renders an error for a person: the message, then every
+// invalid field on its own line.
+func describeError(err error) string {
+	pe := pb.AsError(err)
+	s := pe.Message
+	if pe.Kind != pb.KindInternal && pe.Kind != pb.KindValidation {
+		s = fmt.Sprintf("%s (%s)", pe.Message, pe.Kind)
+	}
+	for _, f := range pe.Fields {
+		s += fmt.Sprintf("\n  %s: %s", f.Field, f.Message)
+	}
+	return s
+}
+
+const usage = `pushblaster: scheduled push-notification automations.
+
+Engine:
+  serve                 run the engine and its API (embedded SQLite by default)
+  demo                  watch one automation run through all five phases
+  migrate               apply database migrations and exit
+
+Client (talks to a running server; --server, PUSHBLASTER_SERVER):
+  automation list|get|create|apply|update|delete|pause|resume|run
+  execution  list|get|cancel|events
+  schedule   preview    next send times of a cron expression
+
+Run "pushblaster COMMAND -h" for a command's flags.
+`
+
+// run is the whole program; tests call it directly.
+func run(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return errUsage
+	}
+	env := envFunc(getenv)
+	switch args[0] {
+	case "serve":
+		return runServe(ctx, args[1:], env, stdout, stderr)
+	case "demo":
+		return runDemo(ctx, args[1:], env, stdout, stderr)
+	case "migrate":
+		return runMigrate(ctx, args[1:], env, stdout, stderr)
+	case "automation", "automations":
+		return runAutomation(ctx, args[1:], env, stdin, stdout, stderr)
+	case "execution", "executions":
+		return runExecution(ctx, args[1:], env, stdout, stderr)
+	case "schedule":
+		return runSchedule(ctx, args[1:], env, stdout, stderr)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprintf(stderr, "pushblaster: unknown command %q\n\n%s", args[0], usage)
+	return errUsage
+}
