@@ -387,6 +387,8 @@ func JSONError(err error) *Error {
 		return pe
 	case errors.Is(err, io.EOF):
 		return Errorf(KindValidation, "body is empty; send a JSON object")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return Errorf(KindValidation, "malformed JSON: the body ends before the value does (truncated?)")
 	case errors.As(err, &syn):
 		return Errorf(KindValidation, "malformed JSON at byte %d: %v", syn.Offset, syn)
 	case errors.As(err, &typ):

@@ -234,3 +234,29 @@ func TestMissedFiresNoFlood(t *testing.T) {
 		}
 	})
 }
+
+// TestUpcomingRunIsNotAnOverlap: a manual run scheduled for later does not
+// make today's fire "overlap" (it has not started), so the fire runs.
+func TestUpcomingRunIsNotAnOverlap(t *testing.T) {
+	t.Parallel()
+	forEachDialect(t, func(t *testing.T, dialect string) {
+		b := setup(t, dialect)
+		a := b.create(automation("daily"))
+		later := berlin(2026, 6, 2, 15, 0)
+		manual, err := b.eng.RunAutomation(t.Context(), a.ID, pb.RunParams{SendAt: &later})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.clock.Set(berlin(2026, 6, 1, 9, 0))
+		list := b.waitExecutions(a.ID, 2)
+		fire := list[0]
+		if fire.ID == manual.ID || fire.Status == pb.StatusSkipped {
+			t.Fatalf("today's fire: %s", describe(fire))
+		}
+		b.clock.Set(berlin(2026, 6, 1, 9, 30))
+		b.waitStatus(fire.ID, pb.StatusCompleted)
+		if ex := b.execution(manual.ID); ex.Status != pb.StatusScheduled {
+			t.Errorf("upcoming manual run: %s", describe(ex))
+		}
+	})
+}

@@ -224,11 +224,11 @@ func (e *Engine) RunAutomation(ctx context.Context, id int64, p pb.RunParams) (*
 			}
 		}
 		if a.OverlapPolicy == pb.OverlapSkip {
-			active, err := tx.ActiveExecutions(ctx, id)
+			all, err := tx.ActiveExecutions(ctx, id)
 			if err != nil {
 				return err
 			}
-			if len(active) > 0 {
+			if active := inProgress(all, now); len(active) > 0 {
 				return pb.Errorf(pb.KindConflict, "execution %d is in progress (%s) and overlap_policy is skip; cancel it first or wait for it to end",
 					active[0].ID, active[0].Status).With("execution_id", fmt.Sprint(active[0].ID))
 			}

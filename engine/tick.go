@@ -221,10 +221,11 @@ func newExecution(a *pb.Automation, sendAt time.Time, trigger pb.Trigger, now ti
 // overlap policy, and enqueues its audience phase. If an execution for that
 // send time exists already, it returns that one with created false.
 func (e *Engine) startExecution(ctx context.Context, tx *store.Tx, a *pb.Automation, sendAt time.Time, trigger pb.Trigger, now time.Time) (*pb.Execution, bool, error) {
-	active, err := tx.ActiveExecutions(ctx, a.ID)
+	all, err := tx.ActiveExecutions(ctx, a.ID)
 	if err != nil {
 		return nil, false, err
 	}
+	active := inProgress(all, now)
 	ex := newExecution(a, sendAt, trigger, now)
 	var cancelPrevious []*pb.Execution
 	if len(active) > 0 {
@@ -279,6 +280,19 @@ func (e *Engine) startExecution(ctx context.Context, tx *store.Tx, a *pb.Automat
 			ex.SendAt.In(a.Location()).Format(time.RFC3339), ex.AudienceAt.In(a.Location()).Format(time.RFC3339)),
 		Data: map[string]string{"status": string(pb.StatusScheduled)}})
 	return ex, true, err
+}
+
+// inProgress keeps the executions that overlap a new fire: running,
+// awaiting the send, queued, or due to start. A manual run scheduled for
+// later is upcoming, not in progress.
+func inProgress(active []*pb.Execution, now time.Time) []*pb.Execution {
+	var out []*pb.Execution
+	for _, x := range active {
+		if x.Status != pb.StatusScheduled || x.WaitingFor != 0 || !x.AudienceAt.After(now) {
+			out = append(out, x)
+		}
+	}
+	return out
 }
 
 func queuedOf(active []*pb.Execution) *pb.Execution {

@@ -11,7 +11,7 @@ import (
 	"github.com/pushblaster/pushblaster/cron"
 )
 
-//go:embed openapi.yaml
+//go:embed openapi.json
 var openAPI []byte
 
 // routes lists every route: GETs are open, everything that changes state
@@ -19,7 +19,7 @@ var openAPI []byte
 func (s *server) routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /healthz", s.handleHealthz)
 	mux.HandleFunc("GET /readyz", s.handleReadyz)
-	mux.HandleFunc("GET /api/openapi.yaml", s.handleOpenAPI)
+	mux.HandleFunc("GET /api/openapi.json", s.handleOpenAPI)
 
 	mux.HandleFunc("GET /api/automations", s.handleListAutomations)
 	mux.HandleFunc("POST /api/automations", s.authorize(s.handleCreateAutomation))
@@ -62,7 +62,7 @@ func (s *server) handleReadyz(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *server) handleOpenAPI(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Content-Type", "application/yaml")
+	w.Header().Set("Content-Type", "application/json")
 	_, _ = w.Write(openAPI)
 }
 
