@@ -85,7 +85,14 @@ type Automation struct {
 	// decodeErrs are field errors found while decoding JSON; Normalize
 	// reports them together with every other invalid field.
 	decodeErrs []FieldError
+	// pausedSet records whether the JSON said "paused" at all: an update
+	// that does not mention it keeps the current state, so re-applying a
+	// file never resumes an automation someone paused in an emergency.
+	pausedSet bool
 }
+
+// PausedSet reports whether the decoded JSON set "paused" explicitly.
+func (a *Automation) PausedSet() bool { return a.pausedSet }
 
 // UnmarshalJSON decodes an automation, collecting invalid durations as field
 // errors (encoding/json would report them without naming the field).
@@ -96,6 +103,7 @@ func (a *Automation) UnmarshalJSON(b []byte) error {
 		LeadTime             json.RawMessage `json:"lead_time"`
 		CancellationDeadline json.RawMessage `json:"cancellation_deadline"`
 		CatchupWindow        json.RawMessage `json:"catchup_window"`
+		Paused               *bool           `json:"paused"`
 	}
 	shadow.plain = (*plain)(a)
 	dec := json.NewDecoder(bytes.NewReader(b))
@@ -103,6 +111,8 @@ func (a *Automation) UnmarshalJSON(b []byte) error {
 	if err := dec.Decode(&shadow); err != nil {
 		return err
 	}
+	a.pausedSet = shadow.Paused != nil
+	a.Paused = shadow.Paused != nil && *shadow.Paused
 	for _, f := range []struct {
 		name string
 		raw  json.RawMessage

@@ -2,7 +2,9 @@ package engine_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -224,6 +226,74 @@ func TestRestartMidExecution(t *testing.T) {
 		}
 		if b.sender.total() != 701 {
 			t.Errorf("sender delivered %d, want 701 (700 live + 1 test)", b.sender.total())
+		}
+	})
+}
+
+// TestReapplyKeepsPause: re-applying a definition that does not mention
+// "paused" never resumes an automation paused in an emergency, and an
+// unchanged definition makes no new version.
+func TestReapplyKeepsPause(t *testing.T) {
+	t.Parallel()
+	forEachDialect(t, func(t *testing.T, dialect string) {
+		b := setup(t, dialect)
+		full, _ := json.Marshal(automation("gitops"))
+		// A file in git that does not mention "paused".
+		raw := strings.Replace(string(full), `,"paused":false`, "", 1)
+		if strings.Contains(raw, "paused") {
+			t.Fatalf("fixture still mentions paused: %s", raw)
+		}
+		decode := func(s string) *pb.Automation {
+			a, err := pb.DecodeAutomation(strings.NewReader(s))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return a
+		}
+		a, res, err := b.eng.ApplyAutomation(t.Context(), decode(string(raw)))
+		if err != nil || res != pb.ApplyCreated {
+			t.Fatalf("apply: %v %v", res, err)
+		}
+		if _, err := b.eng.SetPaused(t.Context(), a.ID, true); err != nil {
+			t.Fatal(err)
+		}
+		again, res, err := b.eng.ApplyAutomation(t.Context(), decode(string(raw)))
+		if err != nil || res != pb.ApplyUnchanged || !again.Paused || again.Version != 1 {
+			t.Fatalf("re-apply: %v paused=%v version=%d %v", res, again.Paused, again.Version, err)
+		}
+		put, err := b.eng.UpdateAutomation(t.Context(), a.ID, decode(string(raw)))
+		if err != nil || !put.Paused || put.Version != 1 {
+			t.Fatalf("identical PUT: paused=%v version=%d %v", put.Paused, put.Version, err)
+		}
+		edited := strings.Replace(string(raw), `"title":"Hi"`, `"title":"Hello"`, 1)
+		upd, res, err := b.eng.ApplyAutomation(t.Context(), decode(edited))
+		if err != nil || res != pb.ApplyUpdated || !upd.Paused || upd.Version != 2 || upd.NextSendAt != nil {
+			t.Fatalf("edit while paused: %v paused=%v version=%d next=%v %v", res, upd.Paused, upd.Version, upd.NextSendAt, err)
+		}
+		resume := strings.Replace(edited, `"name":`, `"paused":false,"name":`, 1)
+		res2, _, err := b.eng.ApplyAutomation(t.Context(), decode(resume))
+		if err != nil || res2.Paused || res2.NextSendAt == nil {
+			t.Fatalf("explicit paused:false resumes: %+v %v", res2, err)
+		}
+	})
+}
+
+// TestManualRunQueueFull: with policy queue and the buffer full, a manual
+// run is refused instead of recorded as skipped.
+func TestManualRunQueueFull(t *testing.T) {
+	t.Parallel()
+	forEachDialect(t, func(t *testing.T, dialect string) {
+		b := setup(t, dialect)
+		b.clock.Set(ten.Add(-time.Minute))
+		a := b.create(every10("queue", pb.OverlapQueue))
+		_, release := b.startBlocked(a)
+		defer release()
+		if _, err := b.eng.RunAutomation(t.Context(), a.ID, pb.RunParams{SendAt: ptr(ten.Add(3 * time.Minute))}); err != nil {
+			t.Fatalf("first manual run should queue: %v", err)
+		}
+		_, err := b.eng.RunAutomation(t.Context(), a.ID, pb.RunParams{SendAt: ptr(ten.Add(5 * time.Minute))})
+		if pb.ErrorKind(err) != pb.KindConflict || !strings.Contains(err.Error(), "queue full") {
+			t.Fatalf("second manual run: %v, want a queue-full conflict", err)
 		}
 	})
 }

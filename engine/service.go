@@ -47,17 +47,26 @@ func (e *Engine) UpdateAutomation(ctx context.Context, id int64, a *pb.Automatio
 		return nil, err
 	}
 	a.ID = id
+	var out *pb.Automation
 	err := e.store.InTx(ctx, func(tx *store.Tx) error {
 		cur, err := tx.GetAutomation(ctx, id, true)
 		if err != nil {
 			return err
 		}
+		if !a.PausedSet() {
+			a.Paused = cur.Paused
+		}
+		if pb.SameDefinition(cur, a) && cur.Paused == a.Paused {
+			out = cur // nothing changed: no new version
+			return nil
+		}
+		out = a
 		return e.update(ctx, tx, cur, a)
 	})
 	if err != nil {
 		return nil, err
 	}
-	return a, nil
+	return out, nil
 }
 
 // update stores a as the new version of cur. Running executions keep their
@@ -99,7 +108,11 @@ func (e *Engine) ApplyAutomation(ctx context.Context, a *pb.Automation) (*pb.Aut
 				Message: "automation created by apply (version 1); " + nextFireText(a)})
 		case err != nil:
 			return err
-		case pb.SameDefinition(cur, a) && cur.Paused == a.Paused:
+		}
+		if !a.PausedSet() {
+			a.Paused = cur.Paused
+		}
+		if pb.SameDefinition(cur, a) && cur.Paused == a.Paused {
 			result, out = pb.ApplyUnchanged, cur
 			return nil
 		}
@@ -240,6 +253,11 @@ func (e *Engine) RunAutomation(ctx context.Context, id int64, p pb.RunParams) (*
 		if !created {
 			return pb.Errorf(pb.KindConflict, "execution %d already exists for send time %s", ex.ID, sendAt.Format(time.RFC3339)).
 				With("execution_id", fmt.Sprint(ex.ID))
+		}
+		if ex.Status == pb.StatusSkipped {
+			// Refuse rather than record: the operator asked for a run and
+			// must hear at once that it will not happen.
+			return pb.Errorf(pb.KindConflict, "%s", ex.Reason)
 		}
 		out, err = tx.GetExecution(ctx, ex.ID, false)
 		return err

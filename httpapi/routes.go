@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	pb "github.com/pushblaster/pushblaster"
@@ -42,8 +43,27 @@ func (s *server) routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /api/schedule/preview", s.handleSchedulePreview)
 
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		s.writeError(w, r, pb.Errorf(pb.KindNotFound, "no route %s %s; see GET /api/openapi.yaml", r.Method, r.URL.Path))
+		if allowed := allowedMethods(mux, r); len(allowed) > 0 {
+			w.Header().Set("Allow", strings.Join(allowed, ", "))
+			s.writeErrorStatus(w, r, http.StatusMethodNotAllowed, pb.Errorf(pb.KindValidation,
+				"%s is not allowed on %s; allowed: %s", r.Method, r.URL.Path, strings.Join(allowed, ", ")))
+			return
+		}
+		s.writeError(w, r, pb.Errorf(pb.KindNotFound, "no route %s %s; see GET /api/openapi.json", r.Method, r.URL.Path))
 	})
+}
+
+// allowedMethods lists the methods that do have a route for r's path.
+func allowedMethods(mux *http.ServeMux, r *http.Request) []string {
+	var out []string
+	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodDelete} {
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if _, pattern := mux.Handler(probe); pattern != "/" && pattern != "" {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 func (s *server) handleHealthz(w http.ResponseWriter, r *http.Request) {
@@ -327,6 +347,12 @@ func (s *server) handleListEvents(scope string) http.HandlerFunc {
 				}
 				f.ExecutionID = &id
 			} else {
+				// A deleted automation's history stays readable; one that
+				// never existed is a 404.
+				if _, err := s.svc.ListExecutions(r.Context(), pb.ExecutionFilter{AutomationID: &id, Limit: 1}); err != nil {
+					s.writeError(w, r, err)
+					return
+				}
 				f.AutomationID = &id
 			}
 		}

@@ -83,15 +83,19 @@ type ErrorBody struct {
 }
 
 func (s *server) writeError(w http.ResponseWriter, r *http.Request, err error) {
-	pe := pb.AsError(err)
 	var mbe *http.MaxBytesError
 	if errors.As(err, &mbe) {
-		pe = pb.Errorf(pb.KindValidation, "request body is larger than %d bytes", mbe.Limit)
+		s.writeErrorStatus(w, r, http.StatusRequestEntityTooLarge,
+			pb.Errorf(pb.KindValidation, "request body is larger than %d bytes", mbe.Limit))
+		return
 	}
-	status := statusOf(pe.Kind)
-	if pe.Kind == pb.KindValidation && errors.As(err, &mbe) {
-		status = http.StatusRequestEntityTooLarge
-	}
+	pe := pb.AsError(err)
+	s.writeErrorStatus(w, r, statusOf(pe.Kind), pe)
+}
+
+// writeErrorStatus writes err with an explicit status.
+func (s *server) writeErrorStatus(w http.ResponseWriter, r *http.Request, status int, err error) {
+	pe := pb.AsError(err)
 	if status >= 500 {
 		s.log.Error("request failed", "event", "http.error", "method", r.Method, "path", r.URL.Path, "kind", pe.Kind, "error", pe.Message)
 	}
@@ -134,8 +138,10 @@ func (s *server) authorize(next http.HandlerFunc) http.HandlerFunc {
 			next(w, r)
 			return
 		}
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || got == "" {
+		// The scheme is case-insensitive (RFC 9110 §11.1).
+		scheme, got, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+		got = strings.TrimSpace(got)
+		if !ok || !strings.EqualFold(scheme, "Bearer") || got == "" {
 			s.writeError(w, r, pb.Errorf(pb.KindUnauthorized, "this route changes state and needs a bearer token: send \"Authorization: Bearer <token>\" (one of PUSHBLASTER_API_TOKENS)"))
 			return
 		}

@@ -125,18 +125,31 @@ func (o ops) GetExecution(ctx context.Context, id int64, lock bool) (*pb.Executi
 	return e, nil
 }
 
-func (o ops) loadDetails(ctx context.Context, e *pb.Execution) error {
-	phases, err := o.ListPhases(ctx, e.ID)
+// loadDetails fills the phases and metrics of es in two queries.
+func (o ops) loadDetails(ctx context.Context, es ...*pb.Execution) error {
+	if len(es) == 0 {
+		return nil
+	}
+	ids := make([]int64, len(es))
+	for i, e := range es {
+		ids[i] = e.ID
+	}
+	phases, err := o.phasesOf(ctx, ids)
 	if err != nil {
 		return err
 	}
-	e.Phases = phases
-	e.Metrics, err = o.Metrics(ctx, e.ID)
-	return err
+	metrics, err := o.metricsOf(ctx, ids)
+	if err != nil {
+		return err
+	}
+	for _, e := range es {
+		e.Phases, e.Metrics = phases[e.ID], metrics[e.ID]
+	}
+	return nil
 }
 
-// ListExecutions returns executions newest first, without details unless
-// there is at most one automation's worth (Limit ≤ 100 always applies).
+// ListExecutions returns executions newest first with their phases and
+// metrics; Limit defaults to 100 and is capped at 1000.
 func (o ops) ListExecutions(ctx context.Context, f pb.ExecutionFilter) ([]*pb.Execution, error) {
 	var (
 		where []string
@@ -182,12 +195,7 @@ func (o ops) ListExecutions(ctx context.Context, f pb.ExecutionFilter) ([]*pb.Ex
 	if err := rows.Err(); err != nil {
 		return nil, dbErr(err, "list executions")
 	}
-	for _, e := range out {
-		if err := o.loadDetails(ctx, e); err != nil {
-			return nil, err
-		}
-	}
-	return out, nil
+	return out, o.loadDetails(ctx, out...)
 }
 
 // ActiveExecutions returns an automation's executions in a non-final

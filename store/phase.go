@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"strings"
 	"time"
 
 	pb "github.com/pushblaster/pushblaster"
@@ -62,25 +64,42 @@ func (o ops) SetPhaseNote(ctx context.Context, id int64, p pb.Phase, note string
 	return dbErr(err, "update phase %s of execution %d", p, id)
 }
 
-// ListPhases returns the phase records of an execution in phase order.
-func (o ops) ListPhases(ctx context.Context, id int64) ([]pb.PhaseRecord, error) {
+// idList returns "$first, $first+1, …" for ids, with the arguments.
+func idList(ids []int64, first int) (string, []any) {
+	var sb strings.Builder
+	args := make([]any, len(ids))
+	for i, id := range ids {
+		if i > 0 {
+			sb.WriteString(", ")
+		}
+		fmt.Fprintf(&sb, "$%d", first+i)
+		args[i] = id
+	}
+	return sb.String(), args
+}
+
+// phasesOf returns the phase records of executions ids, each in phase order
+// with a pending record for every phase not begun.
+func (o ops) phasesOf(ctx context.Context, ids []int64) (map[int64][]pb.PhaseRecord, error) {
+	in, args := idList(ids, 1)
 	rows, err := o.q.Query(ctx, `
-		SELECT phase, status, attempt, instance, started_at, finished_at, metrics, note, error
-		FROM execution_phases WHERE execution_id = $1`, id)
+		SELECT execution_id, phase, status, attempt, instance, started_at, finished_at, metrics, note, error
+		FROM execution_phases WHERE execution_id IN (`+in+`)`, args...)
 	if err != nil {
-		return nil, dbErr(err, "list phases of execution %d", id)
+		return nil, dbErr(err, "list phases")
 	}
 	defer rows.Close()
-	byPhase := map[pb.Phase]pb.PhaseRecord{}
+	byExec := map[int64]map[pb.Phase]pb.PhaseRecord{}
 	for rows.Next() {
 		var (
+			id                int64
 			r                 pb.PhaseRecord
 			phase, status     string
 			started, finished nullTime
 			metrics, errJSON  nullString
 		)
-		if err := rows.Scan(&phase, &status, &r.Attempt, &r.Instance, &started, &finished, &metrics, &r.Note, &errJSON); err != nil {
-			return nil, dbErr(err, "list phases of execution %d", id)
+		if err := rows.Scan(&id, &phase, &status, &r.Attempt, &r.Instance, &started, &finished, &metrics, &r.Note, &errJSON); err != nil {
+			return nil, dbErr(err, "list phases")
 		}
 		r.Phase, r.Status = pb.Phase(phase), pb.PhaseStatus(status)
 		r.StartedAt, r.FinishedAt = started.ptr(), finished.ptr()
@@ -92,20 +111,53 @@ func (o ops) ListPhases(ctx context.Context, id int64) ([]pb.PhaseRecord, error)
 		if r.Error, err = decodeError(errJSON); err != nil {
 			return nil, pb.Errorf(pb.KindInternal, "phase %s of execution %d: %v", phase, id, err)
 		}
-		byPhase[r.Phase] = r
+		if byExec[id] == nil {
+			byExec[id] = map[pb.Phase]pb.PhaseRecord{}
+		}
+		byExec[id][r.Phase] = r
 	}
 	if err := rows.Err(); err != nil {
-		return nil, dbErr(err, "list phases of execution %d", id)
+		return nil, dbErr(err, "list phases")
 	}
-	out := make([]pb.PhaseRecord, 0, len(pb.Phases))
-	for _, p := range pb.Phases {
-		if r, ok := byPhase[p]; ok {
-			out = append(out, r)
-		} else {
-			out = append(out, pb.PhaseRecord{Phase: p, Status: pb.PhasePending})
+	out := make(map[int64][]pb.PhaseRecord, len(ids))
+	for _, id := range ids {
+		list := make([]pb.PhaseRecord, 0, len(pb.Phases))
+		for _, p := range pb.Phases {
+			if r, ok := byExec[id][p]; ok {
+				list = append(list, r)
+			} else {
+				list = append(list, pb.PhaseRecord{Phase: p, Status: pb.PhasePending})
+			}
 		}
+		out[id] = list
 	}
 	return out, nil
+}
+
+// metricsOf returns the metrics of executions ids.
+func (o ops) metricsOf(ctx context.Context, ids []int64) (map[int64]map[string]int64, error) {
+	in, args := idList(ids, 1)
+	rows, err := o.q.Query(ctx, `SELECT execution_id, name, value FROM execution_metrics WHERE execution_id IN (`+in+`)`, args...)
+	if err != nil {
+		return nil, dbErr(err, "read metrics")
+	}
+	defer rows.Close()
+	out := make(map[int64]map[string]int64, len(ids))
+	for _, id := range ids {
+		out[id] = map[string]int64{}
+	}
+	for rows.Next() {
+		var (
+			id   int64
+			name string
+			v    int64
+		)
+		if err := rows.Scan(&id, &name, &v); err != nil {
+			return nil, dbErr(err, "read metrics")
+		}
+		out[id][name] = v
+	}
+	return out, dbErr(rows.Err(), "read metrics")
 }
 
 // AddMetrics adds deltas to an execution's metrics.
@@ -138,21 +190,9 @@ func (o ops) SetMetrics(ctx context.Context, id int64, values map[string]int64) 
 
 // Metrics returns an execution's metrics.
 func (o ops) Metrics(ctx context.Context, id int64) (map[string]int64, error) {
-	rows, err := o.q.Query(ctx, `SELECT name, value FROM execution_metrics WHERE execution_id = $1`, id)
+	m, err := o.metricsOf(ctx, []int64{id})
 	if err != nil {
-		return nil, dbErr(err, "read metrics of execution %d", id)
+		return nil, err
 	}
-	defer rows.Close()
-	out := map[string]int64{}
-	for rows.Next() {
-		var (
-			name string
-			v    int64
-		)
-		if err := rows.Scan(&name, &v); err != nil {
-			return nil, dbErr(err, "read metrics of execution %d", id)
-		}
-		out[name] = v
-	}
-	return out, dbErr(rows.Err(), "read metrics of execution %d", id)
+	return m[id], nil
 }
