@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
 	"slices"
 	"strings"
 	"time"
@@ -106,10 +107,21 @@ func (a *Automation) UnmarshalJSON(b []byte) error {
 		Paused               *bool           `json:"paused"`
 	}
 	shadow.plain = (*plain)(a)
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&shadow); err != nil {
-		return err
+	// Decode leniently and collect what is wrong, so that one answer names
+	// every bad field: unknown ones (typos must not fall back to defaults),
+	// the first wrongly typed one, and whatever Normalize finds.
+	a.decodeErrs = unknownFields(b, reflect.TypeOf(shadow), "")
+	if err := json.Unmarshal(b, &shadow); err != nil {
+		var typ *json.UnmarshalTypeError
+		if !errors.As(err, &typ) {
+			return err
+		}
+		if typ.Field == "" {
+			return Errorf(KindValidation, "an automation is a JSON object, not a JSON %s", typ.Value)
+		}
+		field := strings.TrimPrefix(typ.Field, "plain.")
+		a.decodeErrs = append(a.decodeErrs, FieldError{Field: field,
+			Message: fmt.Sprintf("is a JSON %s; expected %s", typ.Value, jsonKind(typ.Type))})
 	}
 	a.pausedSet = shadow.Paused != nil
 	a.Paused = shadow.Paused != nil && *shadow.Paused
@@ -412,6 +424,105 @@ func JSONError(err error) *Error {
 		return e
 	}
 	return Errorf(KindValidation, "invalid JSON: %v", err)
+}
+
+// unknownFields lists the object keys in raw that type t has no field for,
+// recursively, with their paths ("schedule.tz", "audience.recipients[2].tokn").
+func unknownFields(raw []byte, t reflect.Type, path string) []FieldError {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch t.Kind() {
+	case reflect.Struct:
+		var obj map[string]json.RawMessage
+		if json.Unmarshal(raw, &obj) != nil {
+			return nil // not an object: the type error is reported elsewhere
+		}
+		fields := map[string]reflect.Type{}
+		collectJSONFields(t, fields)
+		var out []FieldError
+		keys := make([]string, 0, len(obj))
+		for k := range obj {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		for _, k := range keys {
+			ft, ok := fields[k]
+			if !ok {
+				out = append(out, FieldError{Field: path + k, Message: "is not a known field; check its spelling"})
+				continue
+			}
+			out = append(out, unknownFields(obj[k], ft, path+k+".")...)
+		}
+		return out
+	case reflect.Slice:
+		var arr []json.RawMessage
+		if json.Unmarshal(raw, &arr) != nil {
+			return nil
+		}
+		var out []FieldError
+		base := strings.TrimSuffix(path, ".")
+		for i, el := range arr {
+			out = append(out, unknownFields(el, t.Elem(), fmt.Sprintf("%s[%d].", base, i))...)
+		}
+		return out
+	}
+	return nil
+}
+
+// collectJSONFields maps JSON names to field types, following embedded
+// structs; the shallowest field wins, as in encoding/json.
+func collectJSONFields(t reflect.Type, out map[string]reflect.Type) {
+	var embedded []reflect.Type
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name == "-" {
+			continue
+		}
+		if f.Anonymous && name == "" {
+			ft := f.Type
+			for ft.Kind() == reflect.Pointer {
+				ft = ft.Elem()
+			}
+			embedded = append(embedded, ft)
+			continue
+		}
+		if !f.IsExported() {
+			continue
+		}
+		if name == "" {
+			name = f.Name
+		}
+		out[name] = f.Type
+	}
+	for _, et := range embedded {
+		inner := map[string]reflect.Type{}
+		collectJSONFields(et, inner)
+		for k, v := range inner {
+			if _, ok := out[k]; !ok {
+				out[k] = v
+			}
+		}
+	}
+}
+
+// jsonKind names a Go type as JSON calls it.
+func jsonKind(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64, reflect.Uint, reflect.Uint8, reflect.Uint16,
+		reflect.Uint32, reflect.Uint64, reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.Slice, reflect.Array:
+		return "an array"
+	case reflect.Map, reflect.Struct:
+		return "an object"
+	}
+	return t.String()
 }
 
 // loadLocation loads an IANA zone, refusing "Local" whose meaning depends on

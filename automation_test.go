@@ -108,15 +108,39 @@ func TestDecodeRejectsUnknownAndMalformed(t *testing.T) {
 	for _, c := range []struct {
 		body, want string
 	}{
-		{strings.Replace(valid, `"name"`, `"lead_tme": "5m", "name"`, 1), `unknown field "lead_tme"`},
-		{`{"name": 5}`, "name"},
+		{strings.Replace(valid, `"name"`, `"lead_tme": "5m", "name"`, 1), `lead_tme: is not a known field`},
+		{strings.Replace(valid, `"timezone"`, `"tz": "UTC", "timezone"`, 1), `schedule.tz: is not a known field`},
+		{strings.Replace(valid, `"token": "t1"`, `"tokn": "t1"`, 1), `audience.recipients[0].tokn: is not a known field`},
+		{strings.Replace(valid, `"name": "welcome"`, `"name": 5`, 1), "name: is a JSON number; expected a string"},
+		{strings.Replace(valid, `"user_id": "u1"`, `"user_id": 7`, 1), "audience.recipients.user_id: is a JSON number"},
+		{`[]`, "an automation is a JSON object, not a JSON array"},
 		{`{"name": "x"`, "malformed JSON"},
 		{``, "body is empty"},
 		{valid + valid, "more than one JSON value"},
 	} {
-		_, err := pb.DecodeAutomation(strings.NewReader(c.body))
+		a, err := pb.DecodeAutomation(strings.NewReader(c.body))
+		if err == nil {
+			err = a.Normalize()
+		}
 		if pb.ErrorKind(err) != pb.KindValidation || !strings.Contains(err.Error(), c.want) {
-			t.Errorf("decode %.30q: %v, want validation mentioning %q", c.body, err, c.want)
+			t.Errorf("decode %.40q: %v, want validation mentioning %q", c.body, err, c.want)
+		}
+	}
+}
+
+// TestDecodeReportsEveryProblem: a typo, a bad value and a wrong type in
+// one body are all named in one answer.
+func TestDecodeReportsEveryProblem(t *testing.T) {
+	t.Parallel()
+	body := strings.Replace(valid, `"name"`, `"lead_tme": "5m", "lead_time": "-1m", "overlap_policy": "bad", "paused": "yes", "name"`, 1)
+	a, err := pb.DecodeAutomation(strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = a.Normalize()
+	for _, f := range []string{"lead_tme", "lead_time", "overlap_policy", "paused"} {
+		if err == nil || !strings.Contains(err.Error(), f+":") {
+			t.Errorf("error %v does not name %s", err, f)
 		}
 	}
 }

@@ -170,8 +170,15 @@ type Validation struct {
 	fields []FieldError
 }
 
-// Add records that field is invalid.
+// Add records that field is invalid. The first reason given for a field
+// wins: later checks of a field that already failed to decode would only
+// add noise ("is required" after "is a JSON number").
 func (v *Validation) Add(field, format string, args ...any) {
+	for _, f := range v.fields {
+		if f.Field == field {
+			return
+		}
+	}
 	v.fields = append(v.fields, FieldError{Field: field, Message: fmt.Sprintf(format, args...)})
 }
 

@@ -297,3 +297,47 @@ func TestManualRunQueueFull(t *testing.T) {
 		}
 	})
 }
+
+// TestFarManualRunKeepsSchedule: a manual run a week ahead does not push
+// the daily schedule past it, even after a pause and resume.
+func TestFarManualRunKeepsSchedule(t *testing.T) {
+	t.Parallel()
+	forEachDialect(t, func(t *testing.T, dialect string) {
+		b := setup(t, dialect)
+		a := b.create(automation("daily"))
+		far := berlin(2026, 6, 8, 8, 0)
+		if _, err := b.eng.RunAutomation(t.Context(), a.ID, pb.RunParams{SendAt: &far}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.eng.SetPaused(t.Context(), a.ID, true); err != nil {
+			t.Fatal(err)
+		}
+		r, err := b.eng.SetPaused(t.Context(), a.ID, false)
+		if err != nil || r.NextSendAt == nil || !r.NextSendAt.Equal(berlin(2026, 6, 1, 9, 30)) {
+			t.Fatalf("after resume: next %v, %v; want today 09:30", r.NextSendAt, err)
+		}
+		// A manual run that took a scheduled send time is that fire.
+		at := berlin(2026, 6, 2, 9, 30)
+		manual, err := b.eng.RunAutomation(t.Context(), a.ID, pb.RunParams{SendAt: &at})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.clock.Set(berlin(2026, 6, 2, 9, 0))
+		if res, err := b.eng.Tick(t.Context()); err != nil || res.Fired+res.Missed+res.Skipped != 1 {
+			t.Fatalf("tick: %+v %v", res, err)
+		}
+		list := b.executions(a.ID)
+		count := 0
+		for _, ex := range list {
+			if ex.SendAt.Equal(at) {
+				count++
+				if ex.ID != manual.ID {
+					t.Errorf("a second execution for %v: %s", at, describe(ex))
+				}
+			}
+		}
+		if count != 1 {
+			t.Errorf("%d executions for %v, want 1", count, at)
+		}
+	})
+}

@@ -18,7 +18,7 @@ func (e *Engine) CreateAutomation(ctx context.Context, a *pb.Automation) (*pb.Au
 	}
 	now := e.now()
 	err := e.store.InTx(ctx, func(tx *store.Tx) error {
-		if err := tx.InsertAutomation(ctx, a, firstSchedule(a, now, nil), now); err != nil {
+		if err := tx.InsertAutomation(ctx, a, firstSchedule(a, now), now); err != nil {
 			return err
 		}
 		return e.recordEventTx(ctx, tx, &pb.Event{AutomationID: a.ID, Type: pb.EventLog,
@@ -74,11 +74,7 @@ func (e *Engine) UpdateAutomation(ctx context.Context, id int64, a *pb.Automatio
 func (e *Engine) update(ctx context.Context, tx *store.Tx, cur, a *pb.Automation) error {
 	now := e.now()
 	a.ID, a.CreatedAt = cur.ID, cur.CreatedAt
-	latest, err := tx.LatestSendAt(ctx, cur.ID)
-	if err != nil {
-		return err
-	}
-	if err := tx.UpdateAutomation(ctx, a, firstSchedule(a, now, latest), now); err != nil {
+	if err := tx.UpdateAutomation(ctx, a, firstSchedule(a, now), now); err != nil {
 		return err
 	}
 	e.log.Info("automation updated", "event", "automation.update", "automation_id", a.ID, "version", a.Version, "next_send_at", a.NextSendAt)
@@ -100,7 +96,7 @@ func (e *Engine) ApplyAutomation(ctx context.Context, a *pb.Automation) (*pb.Aut
 		switch {
 		case pb.ErrorKind(err) == pb.KindNotFound:
 			now := e.now()
-			if err := tx.InsertAutomation(ctx, a, firstSchedule(a, now, nil), now); err != nil {
+			if err := tx.InsertAutomation(ctx, a, firstSchedule(a, now), now); err != nil {
 				return err
 			}
 			result, out = pb.ApplyCreated, a
@@ -198,11 +194,7 @@ func (e *Engine) SetPaused(ctx context.Context, id int64, paused bool) (*pb.Auto
 		}
 		now := e.now()
 		a.Paused = paused
-		latest, err := tx.LatestSendAt(ctx, id)
-		if err != nil {
-			return err
-		}
-		sched := firstSchedule(a, now, latest)
+		sched := firstSchedule(a, now)
 		if err := tx.SetSchedule(ctx, id, sched, &paused, now); err != nil {
 			return err
 		}

@@ -144,11 +144,14 @@ func (e *Engine) fireDue(ctx context.Context, tx *store.Tx, a *pb.Automation, no
 	if lateness > e.cfg.LateFire {
 		trigger = pb.TriggerCatchup
 	}
-	ex, _, err := e.startExecution(ctx, tx, a, latest, trigger, now)
+	ex, created, err := e.startExecution(ctx, tx, a, latest, trigger, now)
 	if err != nil {
 		return err
 	}
 	switch {
+	case !created:
+		// A manual run already took this send time: it is the fire.
+		e.log.Info("fire already has an execution", "event", "fire.exists", "automation_id", a.ID, "execution_id", ex.ID, "send_at", latest)
 	case ex.Status == pb.StatusSkipped:
 		res.Skipped++
 	case ex.WaitingFor != 0:
@@ -186,8 +189,10 @@ func nextSchedule(t time.Time, lead time.Duration) store.Schedule {
 
 // firstSchedule is the scheduler state of a newly saved or resumed
 // automation: its first send time whose whole timeline (the audience phase
-// at T − lead time) is still ahead, and after any send time already used.
-func firstSchedule(a *pb.Automation, now time.Time, after *time.Time) store.Schedule {
+// at T − lead time) is still ahead. A send time that already has an
+// execution (a manual run, or an edit right after a fire) is not fired
+// again: the unique send time turns that fire into a no-op.
+func firstSchedule(a *pb.Automation, now time.Time) store.Schedule {
 	if a.Paused {
 		return store.Schedule{}
 	}
@@ -196,9 +201,6 @@ func firstSchedule(a *pb.Automation, now time.Time, after *time.Time) store.Sche
 		return store.Schedule{}
 	}
 	from := now.Add(a.Lead()).Add(-time.Nanosecond)
-	if after != nil && after.After(from) {
-		from = *after
-	}
 	return nextSchedule(sched.Next(from, a.Location()), a.Lead())
 }
 

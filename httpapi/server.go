@@ -128,6 +128,9 @@ func (s *server) readJSON(w http.ResponseWriter, r *http.Request, v any, allowEm
 		}
 		return pb.JSONError(err)
 	}
+	if dec.More() {
+		return pb.Errorf(pb.KindValidation, "the body holds more than one JSON value; send exactly one object")
+	}
 	return nil
 }
 

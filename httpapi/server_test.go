@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -151,6 +152,10 @@ func expect(t *testing.T, r response, status int, out any) {
 	if ct := r.header.Get("Content-Type"); ct != "application/json" {
 		t.Fatalf("Content-Type %q, want application/json: %s", ct, r)
 	}
+	// Decode into a zero value: reusing a variable must not keep fields
+	// the response omits.
+	v := reflect.ValueOf(out).Elem()
+	v.Set(reflect.Zero(v.Type()))
 	if err := json.Unmarshal(r.body, out); err != nil {
 		t.Fatalf("decode %s: %v", r, err)
 	}
@@ -320,12 +325,11 @@ func TestCreateNamesEveryInvalidField(t *testing.T) {
 		t.Errorf("lead_tme message: %q", msg)
 	}
 
-	// A JSON value of the wrong type is named (by a path ending in the
-	// field; see the report for the exact name).
+	// A JSON value of the wrong type is named.
 	def = definition("wrong-type")
 	def["paused"] = "yes"
 	e = expectError(t, a.do("POST", "/api/automations", def), http.StatusBadRequest, pb.KindValidation)
-	if len(e.Fields) != 1 || !strings.HasSuffix(e.Fields[0].Field, "paused") || !strings.Contains(e.Fields[0].Message, "bool") {
+	if len(e.Fields) != 1 || e.Fields[0].Field != "paused" || !strings.Contains(e.Fields[0].Message, "true or false") {
 		t.Errorf("wrong type: %+v", e)
 	}
 
@@ -345,6 +349,8 @@ func TestRejectsUnreadableBodies(t *testing.T) {
 		{"malformed", `{"name" "x"}`, http.StatusBadRequest, "malformed JSON at byte"},
 		{"truncated", `{"name": "x"`, http.StatusBadRequest, "JSON"},
 		{"empty", ``, http.StatusBadRequest, "body is empty"},
+		{"trailing data", `{"name": "x"} garbage{`, http.StatusBadRequest, "more than one JSON value"},
+		{"an array", `[]`, http.StatusBadRequest, "a JSON object, not a JSON array"},
 		{"too large", `{"name": "` + strings.Repeat("x", 2048) + `"}`, http.StatusRequestEntityTooLarge, "larger than 512 bytes"},
 	}
 	for _, c := range cases {
@@ -486,6 +492,14 @@ func TestAutomationByID(t *testing.T) {
 		t.Errorf("GET after PUT: %+v", got)
 	}
 
+	// An identical PUT is not a new version.
+	delete(def, "lead_time")
+	var same pb.Automation
+	expect(t, a.do("PUT", path, def), http.StatusOK, &same)
+	if same.Version != 2 || !same.UpdatedAt.Equal(updated.UpdatedAt) {
+		t.Errorf("identical PUT: version %d updated %s, want version 2 updated %s", same.Version, same.UpdatedAt, updated.UpdatedAt)
+	}
+
 	// An invalid PUT changes nothing.
 	def["lead_time"] = "-1m"
 	e := expectError(t, a.do("PUT", path, def), http.StatusBadRequest, pb.KindValidation)
@@ -551,14 +565,28 @@ func TestApply(t *testing.T) {
 		t.Fatalf("second unchanged apply: %+v", res)
 	}
 
+	// A pause survives re-applying a file that does not mention it; a file
+	// that says "paused": false resumes (a new version is not needed).
+	expect(t, a.do("POST", fmt.Sprintf("/api/automations/%d/pause", id), nil), http.StatusOK, nil)
+	expect(t, a.do("POST", "/api/automations/apply", def), http.StatusOK, &res)
+	if res.Result != pb.ApplyUnchanged || !res.Automation.Paused || res.Automation.NextSendAt != nil {
+		t.Fatalf("re-apply of a paused automation: %s paused=%v next=%v", res.Result, res.Automation.Paused, res.Automation.NextSendAt)
+	}
+	def["paused"] = false
+	expect(t, a.do("POST", "/api/automations/apply", def), http.StatusOK, &res)
+	if res.Result != pb.ApplyUpdated || res.Automation.Paused || res.Automation.NextSendAt == nil {
+		t.Fatalf("apply with paused false: %+v", res)
+	}
+	delete(def, "paused")
+
 	// An invalid definition is rejected, naming its fields.
 	def["overlap_policy"] = "never"
 	e := expectError(t, a.do("POST", "/api/automations/apply", def), http.StatusBadRequest, pb.KindValidation)
 	field(t, e, "overlap_policy")
 	var got pb.Automation
 	expect(t, a.do("GET", fmt.Sprintf("/api/automations/%d", id), nil), http.StatusOK, &got)
-	if got.Version != 2 {
-		t.Errorf("invalid apply changed the version to %d", got.Version)
+	if got.Version != 3 || got.Paused {
+		t.Errorf("invalid apply changed the automation: version %d paused %v", got.Version, got.Paused)
 	}
 }
 
@@ -597,7 +625,9 @@ func TestPauseResumeRun(t *testing.T) {
 		t.Errorf("unparseable send_at: %q", e.Message)
 	}
 
-	sendAt := time.Date(2026, 6, 1, 8, 0, 0, 0, time.UTC)
+	// A send time within the lead time: the audience phase is due at once,
+	// so the execution is in progress from the start.
+	sendAt := t0.Add(10 * time.Minute)
 	r := a.do("POST", base+"/run", map[string]any{"send_at": sendAt})
 	var ex pb.Execution
 	expect(t, r, http.StatusCreated, &ex)
@@ -609,8 +639,13 @@ func TestPauseResumeRun(t *testing.T) {
 		t.Fatalf("run: %+v", ex)
 	}
 
-	// The same send time again: a conflict (overlap policy skip refuses
-	// while the first is in progress)...
+	// Overlap policy skip: another run while this one is in progress is a
+	// conflict naming it, ...
+	e = expectError(t, a.do("POST", base+"/run", map[string]any{"send_at": sendAt.Add(10 * time.Minute)}), http.StatusConflict, pb.KindConflict)
+	if e.Context["execution_id"] != fmt.Sprint(ex.ID) || !strings.Contains(e.Message, "skip") {
+		t.Errorf("overlap conflict: %+v", e)
+	}
+	// ... so is the same send time again, ...
 	e = expectError(t, a.do("POST", base+"/run", map[string]any{"send_at": sendAt}), http.StatusConflict, pb.KindConflict)
 	if e.Context["execution_id"] != fmt.Sprint(ex.ID) {
 		t.Errorf("conflict does not name execution %d: %+v", ex.ID, e)
@@ -957,10 +992,10 @@ func TestAuthentication(t *testing.T) {
 		}
 	}
 
-	// The right token (either one) works everywhere.
+	// The right token (either one, the scheme in any case) works everywhere.
 	for i, r := range mutating {
-		tok := []string{token, token2}[i%2]
-		if resp := a.do(r.method, r.path, r.body, "Authorization", "Bearer "+tok); resp.status != r.status {
+		auth := []string{"Bearer " + token, "bearer " + token2, "BEARER " + token}[i%3]
+		if resp := a.do(r.method, r.path, r.body, "Authorization", auth); resp.status != r.status {
 			t.Errorf("with token: %s, want %d", resp, r.status)
 		}
 	}
@@ -994,12 +1029,30 @@ func TestHealthAndUnknownRoutes(t *testing.T) {
 	}
 
 	for _, r := range []struct{ method, path string }{
-		{"GET", "/nope"}, {"GET", "/api"}, {"GET", "/api/automation"}, {"POST", "/api/executions"},
-		{"GET", "/api/executions/1/nothing"}, {"DELETE", "/api/executions/1"},
+		{"GET", "/nope"}, {"GET", "/api"}, {"GET", "/api/automation"}, {"POST", "/api/nothing"},
+		{"GET", "/api/executions/1/nothing"}, {"DELETE", "/api/automations/1/pause/now"},
 	} {
 		e := expectError(t, a.do(r.method, r.path, nil), http.StatusNotFound, pb.KindNotFound)
 		if !strings.Contains(e.Message, r.method+" "+r.path) {
 			t.Errorf("%s %s: message %q does not name the route", r.method, r.path, e.Message)
+		}
+	}
+	// A known path with the wrong method: 405 listing the allowed ones.
+	for _, r := range []struct{ method, path, allow string }{
+		{"POST", "/api/executions", "GET"},
+		{"DELETE", "/api/executions/1", "GET"},
+		{"PATCH", "/api/automations", "GET, POST"},
+		{"POST", "/api/automations/1", "GET, PUT, DELETE"},
+		{"GET", "/api/automations/1/run", "POST"},
+		{"PUT", "/api/schedule/preview", "GET"},
+	} {
+		resp := a.do(r.method, r.path, nil)
+		e := expectError(t, resp, http.StatusMethodNotAllowed, pb.KindValidation)
+		if got := resp.header.Get("Allow"); got != r.allow {
+			t.Errorf("%s %s: Allow %q, want %q", r.method, r.path, got, r.allow)
+		}
+		if !strings.Contains(e.Message, r.allow) || !strings.Contains(e.Message, r.method) {
+			t.Errorf("%s %s: message %q", r.method, r.path, e.Message)
 		}
 	}
 

@@ -227,17 +227,6 @@ func (o ops) CountActive(ctx context.Context) (int64, error) {
 	return n, dbErr(err, "count active executions")
 }
 
-// LatestSendAt returns the latest send time of any execution of an
-// automation, or nil.
-func (o ops) LatestSendAt(ctx context.Context, automationID int64) (*time.Time, error) {
-	var t nullTime
-	err := o.q.QueryRow(ctx, `SELECT max(send_at) FROM executions WHERE automation_id = $1`, automationID).Scan(&t)
-	if err != nil {
-		return nil, dbErr(err, "latest send time of automation %d", automationID)
-	}
-	return t.ptr(), nil
-}
-
 // ExecutionUpdate changes an execution; nil fields stay as they are.
 type ExecutionUpdate struct {
 	Status      *pb.ExecutionStatus

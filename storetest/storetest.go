@@ -356,14 +356,6 @@ func testExecutionUpdate(t *testing.T, s *store.Store) {
 	if len(list) != 1 || list[0].ID != e2.ID {
 		t.Errorf("page: %v", list)
 	}
-	latest, err := s.LatestSendAt(ctx, a.ID)
-	if err != nil || latest == nil || !latest.Equal(t0.Add(time.Hour)) {
-		t.Errorf("latest send = %v, %v", latest, err)
-	}
-	none, err := s.LatestSendAt(ctx, 999)
-	if err != nil || none != nil {
-		t.Errorf("latest send of none = %v, %v", none, err)
-	}
 }
 
 func testPhases(t *testing.T, s *store.Store) {

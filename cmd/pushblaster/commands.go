@@ -47,6 +47,16 @@ type cmdCtx struct {
 	x      flagSetExt
 	stdin  io.Reader
 	stdout io.Writer
+	stderr io.Writer
+}
+
+// executionID returns the positional argument as an execution id.
+func (x *cmdCtx) executionID() (string, error) {
+	id, err := strconv.ParseInt(x.args[0], 10, 64)
+	if err != nil || id <= 0 {
+		return "", pb.Errorf(pb.KindValidation, "%q is not an execution id; ids are positive integers (see pushblaster execution list)", x.args[0])
+	}
+	return strconv.FormatInt(id, 10), nil
 }
 
 func runGroup(ctx context.Context, group string, cmds map[string]command, args []string, env envFunc, stdin io.Reader, stdout, stderr io.Writer) error {
@@ -70,7 +80,7 @@ func runGroup(ctx context.Context, group string, cmds map[string]command, args [
 		fmt.Fprintf(stderr, "pushblaster %s: unknown command %q; commands: %s\n", group, args[0], strings.Join(names, ", "))
 		return errUsage
 	}
-	x := &cmdCtx{stdin: stdin, stdout: stdout}
+	x := &cmdCtx{stdin: stdin, stdout: stdout, stderr: stderr}
 	fs := flagSet(group+" "+args[0], stderr, group+" "+cmd.synopsis)
 	x.cf.register(fs, env)
 	if cmd.flags != nil {
@@ -186,11 +196,21 @@ var automationCommands = map[string]command{
 		if err != nil {
 			return err
 		}
-		var results []httpapi.ApplyResponse
+		var (
+			results []httpapi.ApplyResponse
+			failed  []string
+		)
+		// Apply every definition even if one is refused, and say which:
+		// stopping at the first would leave the rest silently unapplied.
 		for _, raw := range as {
 			var res httpapi.ApplyResponse
 			if err := x.c.do(ctx, http.MethodPost, "/api/automations/apply", raw, &res); err != nil {
-				return pb.WrapError(pb.KindValidation, err, "apply %s", nameOf(raw))
+				if len(as) == 1 {
+					return pb.WrapError(pb.KindValidation, err, "apply %s", nameOf(raw))
+				}
+				failed = append(failed, nameOf(raw))
+				fmt.Fprintf(x.stderr, "refused\t%s: %s\n", nameOf(raw), describeError(err))
+				continue
 			}
 			results = append(results, res)
 			if !x.cf.json {
@@ -199,7 +219,12 @@ var automationCommands = map[string]command{
 			}
 		}
 		if x.cf.json {
-			return printJSON(x.stdout, results)
+			if err := printJSON(x.stdout, results); err != nil {
+				return err
+			}
+		}
+		if len(failed) > 0 {
+			return pb.Errorf(pb.KindValidation, "%d of %d definitions refused: %s", len(failed), len(as), strings.Join(failed, ", "))
 		}
 		return nil
 	}},
@@ -427,8 +452,12 @@ var executionCommands = map[string]command{
 			return tw.Flush()
 		}},
 	"get": {synopsis: "get ID [--json]", args: 1, run: func(ctx context.Context, x *cmdCtx) error {
+		id, err := x.executionID()
+		if err != nil {
+			return err
+		}
 		var ex pb.Execution
-		if err := x.c.do(ctx, http.MethodGet, "/api/executions/"+x.args[0], nil, &ex); err != nil {
+		if err := x.c.do(ctx, http.MethodGet, "/api/executions/"+id, nil, &ex); err != nil {
 			return err
 		}
 		if x.cf.json {
@@ -440,17 +469,25 @@ var executionCommands = map[string]command{
 	"cancel": {synopsis: "cancel ID [--force] [--reason TEXT]", args: 1,
 		flags: func(x *flagSetExt) { x.force, x.reason = new(bool), new(string) },
 		run: func(ctx context.Context, x *cmdCtx) error {
+			id, err := x.executionID()
+			if err != nil {
+				return err
+			}
 			var ex pb.Execution
 			p := pb.CancelParams{Force: *x.x.force, Reason: *x.x.reason}
-			if err := x.c.do(ctx, http.MethodPost, "/api/executions/"+x.args[0]+"/cancel", p, &ex); err != nil {
+			if err := x.c.do(ctx, http.MethodPost, "/api/executions/"+id+"/cancel", p, &ex); err != nil {
 				return err
 			}
 			return x.printResult(&ex, fmt.Sprintf("execution %d cancelled in phase %s; sent so far: %d", ex.ID, ex.Phase, ex.Metrics[pb.MetricSent]))
 		}},
 	"events": {synopsis: "events ID [--after N] [--json]", args: 1, flags: func(x *flagSetExt) { x.after = new(int64) },
 		run: func(ctx context.Context, x *cmdCtx) error {
+			id, err := x.executionID()
+			if err != nil {
+				return err
+			}
 			var list httpapi.EventList
-			path := fmt.Sprintf("/api/executions/%s/events?after_id=%d", x.args[0], *x.x.after)
+			path := fmt.Sprintf("/api/executions/%s/events?after_id=%d", id, *x.x.after)
 			if err := x.c.do(ctx, http.MethodGet, path, nil, &list); err != nil {
 				return err
 			}

@@ -172,19 +172,36 @@ func parseDatabaseURL(raw string) (kind, target string, err error) {
 	case strings.HasPrefix(raw, "sqlite:"):
 		return "sqlite", strings.TrimPrefix(raw, "sqlite:"), nil
 	}
-	e := pb.Errorf(pb.KindValidation, "database URL %q is not supported", redactURL(raw))
+	scheme, _, _ := strings.Cut(raw, ":")
+	e := pb.Errorf(pb.KindValidation, "a database URL of scheme %q is not supported", scheme)
 	e.Fields = []pb.FieldError{{Field: "database-url", Message: "use postgres://user:password@host:5432/dbname, or sqlite:PATH (e.g. sqlite:pushblaster.db)"}}
 	return "", "", e
 }
 
-// redactURL hides a password in a URL.
+// redactURL hides the password of a database URL, in its user info and in
+// its query (password=, sslpassword=). A URL that does not parse is shown as
+// its scheme only: it may hold a password we cannot find.
 func redactURL(raw string) string {
 	u, err := url.Parse(raw)
-	if err != nil || u.User == nil {
-		return raw
+	if err != nil {
+		scheme, _, _ := strings.Cut(raw, ":")
+		return scheme + "://(unparseable URL hidden)"
 	}
-	if _, has := u.User.Password(); has {
-		u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	if u.User != nil {
+		if _, has := u.User.Password(); has {
+			u.User = url.UserPassword(u.User.Username(), "xxxxx")
+		}
+	}
+	q := u.Query()
+	changed := false
+	for k := range q {
+		if strings.Contains(strings.ToLower(k), "password") {
+			q.Set(k, "xxxxx")
+			changed = true
+		}
+	}
+	if changed {
+		u.RawQuery = q.Encode()
 	}
 	return u.String()
 }

@@ -87,7 +87,7 @@ func checkListen(addr string, haveTokens bool) error {
 	if err != nil {
 		return pb.Errorf(pb.KindValidation, "--listen=%q is not host:port (e.g. 127.0.0.1:8080)", addr)
 	}
-	if haveTokens || host == "localhost" {
+	if haveTokens || strings.EqualFold(host, "localhost") {
 		return nil
 	}
 	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
