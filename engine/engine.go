@@ -65,10 +65,11 @@ type Engine struct {
 	cfg     Config
 	senders map[string]pb.Sender
 
-	mu      sync.Mutex
-	running map[int64]context.CancelCauseFunc // execution id → its running phase
-	stopped chan struct{}
-	started bool
+	mu       sync.Mutex
+	running  map[int64]context.CancelCauseFunc // execution id → its running phase
+	versions map[versionKey]*pb.Automation     // automation versions are immutable
+	stopped  chan struct{}
+	started  bool
 }
 
 var _ pb.Service = (*Engine)(nil)
@@ -78,13 +79,14 @@ var _ pb.Service = (*Engine)(nil)
 func New[TDriver riverdriver.Driver[TTx], TTx any](st *store.Store, driver TDriver, cfg Config) (*Engine, error) {
 	cfg = withDefaults(cfg)
 	e := &Engine{
-		store:   st,
-		clock:   cfg.Clock,
-		log:     cfg.Logger.With("instance_id", cfg.InstanceID),
-		cfg:     cfg,
-		senders: map[string]pb.Sender{pb.ProviderLog: &logSender{log: cfg.Logger.With("instance_id", cfg.InstanceID)}},
-		running: map[int64]context.CancelCauseFunc{},
-		stopped: make(chan struct{}),
+		store:    st,
+		clock:    cfg.Clock,
+		log:      cfg.Logger.With("instance_id", cfg.InstanceID),
+		cfg:      cfg,
+		senders:  map[string]pb.Sender{pb.ProviderLog: &logSender{log: cfg.Logger.With("instance_id", cfg.InstanceID)}},
+		running:  map[int64]context.CancelCauseFunc{},
+		versions: map[versionKey]*pb.Automation{},
+		stopped:  make(chan struct{}),
 	}
 	for name, s := range cfg.Senders {
 		e.senders[name] = s
@@ -175,14 +177,16 @@ func (e *Engine) InstanceID() string { return e.cfg.InstanceID }
 // Store returns the engine's store.
 func (e *Engine) Store() *store.Store { return e.store }
 
-// Start starts ticking and working jobs.
+// Start starts ticking and working jobs. ctx bounds only the start: the
+// engine runs until Stop (River would hard-stop its jobs when a start context
+// ends, skipping the soft shutdown).
 func (e *Engine) Start(ctx context.Context) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.started {
 		return pb.Errorf(pb.KindInternal, "engine already started")
 	}
-	if err := e.jobs.start(ctx); err != nil {
+	if err := e.jobs.start(context.WithoutCancel(ctx)); err != nil {
 		return pb.WrapError(pb.KindDatabase, err, "start River")
 	}
 	e.started = true
@@ -203,7 +207,7 @@ func (e *Engine) Stop(ctx context.Context) error {
 	e.mu.Unlock()
 	e.log.Info("engine stopping: finishing running jobs", "event", "engine.stop")
 	err := e.jobs.stop(ctx)
-	if err != nil && errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
+	if (err != nil && errors.Is(err, context.DeadlineExceeded)) || ctx.Err() != nil {
 		e.log.Warn("soft stop timed out: cancelling running jobs; they resume after restart or on another instance", "event", "engine.stop_cancel")
 		hard, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
@@ -252,6 +256,42 @@ func (e *Engine) cancelLocal(id int64, cause error) {
 	if cancel != nil {
 		cancel(cause)
 	}
+}
+
+type versionKey struct {
+	id      int64
+	version int
+}
+
+// maxCachedVersions bounds the version cache (a static audience can be
+// large).
+const maxCachedVersions = 1024
+
+// automationVersion returns version v of automation id. Versions never
+// change once written, so they are cached: every phase reads its
+// execution's version.
+func (e *Engine) automationVersion(ctx context.Context, tx *store.Tx, id int64, v int) (*pb.Automation, error) {
+	k := versionKey{id, v}
+	e.mu.Lock()
+	a := e.versions[k]
+	e.mu.Unlock()
+	if a != nil {
+		return a, nil
+	}
+	a, err := tx.GetAutomationVersion(ctx, id, v)
+	if err != nil {
+		return nil, err
+	}
+	e.mu.Lock()
+	if len(e.versions) >= maxCachedVersions {
+		for old := range e.versions { // evict one at random
+			delete(e.versions, old)
+			break
+		}
+	}
+	e.versions[k] = a
+	e.mu.Unlock()
+	return a, nil
 }
 
 // errorHandler records panics in jobs: a bug must not vanish into a log.

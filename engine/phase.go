@@ -70,12 +70,16 @@ func (e *Engine) runPhase(ctx context.Context, job *river.Job[phaseArgs]) error 
 	)
 	err := e.store.InTx(ctx, func(tx *store.Tx) error {
 		var err error
-		ex, err = tx.GetExecution(ctx, id, true)
+		ex, err = tx.GetExecutionRow(ctx, id, true)
 		if err != nil {
 			return err
 		}
 		log = log.With("automation_id", ex.AutomationID)
-		rec := ex.PhaseRecord(p)
+		phaseRec, err := tx.GetPhase(ctx, id, p)
+		if err != nil {
+			return err
+		}
+		rec := &phaseRec
 		switch {
 		case rec.Status != pb.PhasePending && rec.Status != pb.PhaseRunning:
 			log.Info("phase already ended; nothing to do", "event", "phase.duplicate", "status", rec.Status)
@@ -100,7 +104,7 @@ func (e *Engine) runPhase(ctx context.Context, job *river.Job[phaseArgs]) error 
 		if done {
 			return e.jobs.complete(ctx, tx, job)
 		}
-		a, err = tx.GetAutomationVersion(ctx, ex.AutomationID, ex.AutomationVersion)
+		a, err = e.automationVersion(ctx, tx, ex.AutomationID, ex.AutomationVersion)
 		if err != nil {
 			return err
 		}
@@ -129,7 +133,7 @@ func (e *Engine) runPhase(ctx context.Context, job *river.Job[phaseArgs]) error 
 	var retry error
 	err = e.store.InTx(endCtx, func(tx *store.Tx) error {
 		retry = nil
-		cur, err := tx.GetExecution(endCtx, id, true)
+		cur, err := tx.GetExecutionRow(endCtx, id, true)
 		if err != nil {
 			return err
 		}
@@ -179,6 +183,20 @@ func (e *Engine) startPhase(ctx context.Context, tx *store.Tx, ex *pb.Execution,
 	now := e.now()
 	if p == pb.PhaseWindow && rec.Status == pb.PhaseRunning {
 		return nil
+	}
+	if p == pb.PhaseLiveSend {
+		// With no cancellation deadline the window closes at the send time:
+		// the live send closes it, saving a job per execution at the
+		// busiest moment.
+		w, err := tx.GetPhase(ctx, ex.ID, pb.PhaseWindow)
+		if err != nil {
+			return err
+		}
+		if w.Status == pb.PhaseRunning {
+			if err := e.closeWindow(ctx, tx, ex, now); err != nil {
+				return err
+			}
+		}
 	}
 	attempt, err := tx.StartPhase(ctx, ex.ID, p, e.cfg.InstanceID, now)
 	if err != nil {
@@ -330,6 +348,9 @@ func (e *Engine) advance(ctx context.Context, tx *store.Tx, ex *pb.Execution, p 
 			Phase: pb.PhaseWindow, Message: "cancellation window " + note, Data: map[string]string{"status": string(pb.PhaseRunning)}}); err != nil {
 			return err
 		}
+		if !ex.CancelDeadline.Before(ex.SendAt) {
+			return e.enqueuePhase(ctx, tx, ex, pb.PhaseLiveSend, ex.SendAt)
+		}
 		return e.enqueuePhase(ctx, tx, ex, pb.PhaseWindow, ex.CancelDeadline)
 	case pb.PhaseWindow:
 		return e.enqueuePhase(ctx, tx, ex, pb.PhaseLiveSend, ex.SendAt)
@@ -337,6 +358,17 @@ func (e *Engine) advance(ctx context.Context, tx *store.Tx, ex *pb.Execution, p 
 		return e.finish(ctx, tx, ex, pb.StatusCompleted, nil, "")
 	}
 	return nil
+}
+
+// closeWindow records the end of the cancellation window (when the live
+// send starts and the window closes at the send time).
+func (e *Engine) closeWindow(ctx context.Context, tx *store.Tx, ex *pb.Execution, now time.Time) error {
+	note := "closed at " + ex.CancelDeadline.Format(time.RFC3339) + "; live send at " + ex.SendAt.Format(time.RFC3339)
+	if err := tx.EndPhase(ctx, ex.ID, pb.PhaseWindow, store.PhaseEnd{Status: pb.PhaseCompleted, Note: note, Now: now}); err != nil {
+		return err
+	}
+	return e.recordEventTx(ctx, tx, &pb.Event{AutomationID: ex.AutomationID, ExecutionID: ex.ID, Type: pb.EventPhase,
+		Phase: pb.PhaseWindow, Message: "window completed: " + note, Data: map[string]string{"status": string(pb.PhaseCompleted)}})
 }
 
 // finish gives ex its final status, enqueues its cleanup and starts the

@@ -52,9 +52,12 @@ func (r *riverJobs[TDriver, TTx]) rawTx(tx *store.Tx) TTx {
 }
 
 func (r *riverJobs[TDriver, TTx]) insert(ctx context.Context, tx *store.Tx, args river.JobArgs, at time.Time) (int64, error) {
-	var opts *river.InsertOpts
+	opts := &river.InsertOpts{}
+	if pa, ok := args.(phaseArgs); ok {
+		opts.Priority = phasePriority(pa.Phase)
+	}
 	if !at.IsZero() && at.After(r.clock.Now()) {
-		opts = &river.InsertOpts{ScheduledAt: at}
+		opts.ScheduledAt = at
 	}
 	res, err := r.client.InsertTx(ctx, r.rawTx(tx), args, opts)
 	if err != nil {
@@ -81,6 +84,18 @@ func (r *riverJobs[TDriver, TTx]) start(ctx context.Context) error { return r.cl
 func (r *riverJobs[TDriver, TTx]) stop(ctx context.Context) error  { return r.client.Stop(ctx) }
 func (r *riverJobs[TDriver, TTx]) stopAndCancel(ctx context.Context) error {
 	return r.client.StopAndCancel(ctx)
+}
+
+// phasePriority puts live sends first when many jobs are due at once (River
+// runs priority 1 before 2), and cleanup last.
+func phasePriority(p pb.Phase) int {
+	switch p {
+	case pb.PhaseLiveSend:
+		return 1
+	case pb.PhaseCleanup:
+		return 3
+	}
+	return 2
 }
 
 // dueAtMiddleware inserts timed jobs as available (not scheduled) with their

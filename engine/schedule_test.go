@@ -341,3 +341,45 @@ func TestFarManualRunKeepsSchedule(t *testing.T) {
 		}
 	})
 }
+
+// TestGracefulStop: the context an engine was started with ending does not
+// stop it (a signal context ends at SIGTERM); Stop lets a running send
+// finish within its timeout instead of cancelling it.
+func TestGracefulStop(t *testing.T) {
+	t.Parallel()
+	forEachDialect(t, func(t *testing.T, dialect string) {
+		b := setup(t, dialect)
+		if err := b.eng.Stop(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		eng := b.newEngine(t, b.store)
+		startCtx, cancelStart := context.WithCancel(t.Context())
+		if err := eng.Start(startCtx); err != nil {
+			t.Fatal(err)
+		}
+		cancelStart() // like SIGTERM ending serve's signal context
+
+		a := b.create(automation("graceful"))
+		send := berlin(2026, 6, 1, 9, 30)
+		b.clock.Set(send.Add(-30 * time.Minute))
+		ex := b.waitPhase(b.waitExecutions(a.ID, 1)[0].ID, pb.PhaseWindow, pb.PhaseRunning)
+		entered, release := b.sender.hold()
+		b.clock.Set(send)
+		<-entered
+		stopped := make(chan error, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			stopped <- eng.Stop(ctx)
+		}()
+		release()
+		if err := <-stopped; err != nil {
+			t.Fatal(err)
+		}
+		ex = b.execution(ex.ID)
+		live := ex.PhaseRecord(pb.PhaseLiveSend)
+		if ex.Status != pb.StatusCompleted || live.Attempt != 1 || ex.Metrics[pb.MetricSent] != 3 {
+			t.Fatalf("after a graceful stop: %s attempt %d metrics %v", describe(ex), live.Attempt, ex.Metrics)
+		}
+	})
+}

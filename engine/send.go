@@ -78,11 +78,11 @@ func (e *Engine) sendBatch(ctx context.Context, ex *pb.Execution, a *pb.Automati
 	if err := context.Cause(ctx); err != nil {
 		return pb.AsError(err)
 	}
-	cur, err := e.store.GetExecution(ctx, ex.ID, false)
+	st, err := e.store.ExecutionStatus(ctx, ex.ID)
 	if err != nil {
 		return err
 	}
-	if cur.Status == pb.StatusCancelled {
+	if st == pb.StatusCancelled {
 		return pb.Errorf(pb.KindAbort, "execution cancelled")
 	}
 	sender, ok := e.senders[a.Delivery.Provider]

@@ -111,6 +111,19 @@ func canonPtr(t *time.Time) any {
 // every status change takes this lock, so a cancel and a phase start are
 // strictly ordered.
 func (o ops) GetExecution(ctx context.Context, id int64, lock bool) (*pb.Execution, error) {
+	e, err := o.GetExecutionRow(ctx, id, lock)
+	if err != nil {
+		return nil, err
+	}
+	if err := o.loadDetails(ctx, e); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// GetExecutionRow is GetExecution without phases and metrics: the cheap
+// read of the phase transactions.
+func (o ops) GetExecutionRow(ctx context.Context, id int64, lock bool) (*pb.Execution, error) {
 	q := `SELECT ` + executionColumns + executionFrom + ` WHERE e.id = $1`
 	if lock && o.dialect == "postgres" {
 		q += ` FOR UPDATE OF e`
@@ -118,9 +131,6 @@ func (o ops) GetExecution(ctx context.Context, id int64, lock bool) (*pb.Executi
 	e, err := scanExecution(o.q.QueryRow(ctx, q, id))
 	if err != nil {
 		return nil, notFound(err, "execution", id)
-	}
-	if err := o.loadDetails(ctx, e); err != nil {
-		return nil, err
 	}
 	return e, nil
 }

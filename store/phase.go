@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -174,18 +175,45 @@ func (o ops) AddMetrics(ctx context.Context, id int64, deltas map[string]int64) 
 	return nil
 }
 
-// SetMetrics sets an execution's metrics to the given values.
+// SetMetrics sets an execution's metrics to the given values, in one
+// statement.
 func (o ops) SetMetrics(ctx context.Context, id int64, values map[string]int64) error {
-	for name, v := range values {
-		_, err := o.q.Exec(ctx, `
-			INSERT INTO execution_metrics (execution_id, name, value) VALUES ($1, $2, $3)
-			ON CONFLICT (execution_id, name) DO UPDATE SET value = excluded.value`,
-			id, name, v)
-		if err != nil {
-			return dbErr(err, "set metric %s of execution %d", name, id)
+	if len(values) == 0 {
+		return nil
+	}
+	names := make([]string, 0, len(values))
+	for name := range values {
+		names = append(names, name)
+	}
+	slices.Sort(names) // a stable lock order between concurrent writers
+	var sb strings.Builder
+	args := []any{id}
+	sb.WriteString(`INSERT INTO execution_metrics (execution_id, name, value) VALUES `)
+	for i, name := range names {
+		if i > 0 {
+			sb.WriteString(", ")
+		}
+		fmt.Fprintf(&sb, "($1, $%d, $%d)", len(args)+1, len(args)+2)
+		args = append(args, name, values[name])
+	}
+	sb.WriteString(` ON CONFLICT (execution_id, name) DO UPDATE SET value = excluded.value`)
+	_, err := o.q.Exec(ctx, sb.String(), args...)
+	return dbErr(err, "set metrics of execution %d", id)
+}
+
+// GetPhase returns the record of phase p of execution id (pending if the
+// phase has not begun).
+func (o ops) GetPhase(ctx context.Context, id int64, p pb.Phase) (pb.PhaseRecord, error) {
+	m, err := o.phasesOf(ctx, []int64{id})
+	if err != nil {
+		return pb.PhaseRecord{}, err
+	}
+	for _, r := range m[id] {
+		if r.Phase == p {
+			return r, nil
 		}
 	}
-	return nil
+	return pb.PhaseRecord{Phase: p, Status: pb.PhasePending}, nil
 }
 
 // Metrics returns an execution's metrics.
