@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/riverqueue/river"
@@ -47,6 +48,9 @@ type TickResult struct {
 // next tick, a second later.
 const tickBatch = 1000
 
+// tickWorkers is how many fires a tick runs at once on PostgreSQL.
+const tickWorkers = 4
+
 // Tick fires every due automation: for each, in one transaction, it applies
 // the catch-up and overlap policies, records the execution, advances the
 // schedule and enqueues the first phase. Any number of instances may tick
@@ -59,21 +63,49 @@ func (e *Engine) Tick(ctx context.Context) (TickResult, error) {
 		e.log.Error("tick: cannot read due automations", "event", "tick.error", "error", err)
 		return res, err
 	}
-	for _, id := range ids {
-		err := e.store.InTx(ctx, func(tx *store.Tx) error {
-			a, err := tx.LockDueAutomation(ctx, id, now)
-			if err != nil || a == nil {
-				return err
-			}
-			return e.fireDue(ctx, tx, a, now, &res)
-		})
-		if err != nil {
-			res.Failed++
-			e.log.Error("tick: cannot fire automation", "event", "fire.error", "automation_id", id, "error", err)
-			e.recordEvent(ctx, &pb.Event{AutomationID: id, Type: pb.EventError,
-				Message: "the scheduler could not fire this automation; it retries every tick: " + err.Error()})
-		}
+	// Fires are independent transactions: on PostgreSQL several run at
+	// once (SQLite has one connection, so one at a time).
+	workers := 1
+	if e.store.Dialect() == "postgres" {
+		workers = tickWorkers
 	}
+	var (
+		mu   sync.Mutex
+		wg   sync.WaitGroup
+		next = make(chan int64)
+	)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for id := range next {
+				var one TickResult
+				err := e.store.InTx(ctx, func(tx *store.Tx) error {
+					one = TickResult{}
+					a, err := tx.LockDueAutomation(ctx, id, now)
+					if err != nil || a == nil {
+						return err
+					}
+					return e.fireDue(ctx, tx, a, now, &one)
+				})
+				if err != nil {
+					one = TickResult{Failed: 1}
+					e.log.Error("tick: cannot fire automation", "event", "fire.error", "automation_id", id, "error", err)
+					e.recordEvent(ctx, &pb.Event{AutomationID: id, Type: pb.EventError,
+						Message: "the scheduler could not fire this automation; it retries every tick: " + err.Error()})
+				}
+				mu.Lock()
+				res.Fired, res.Skipped, res.Queued = res.Fired+one.Fired, res.Skipped+one.Skipped, res.Queued+one.Queued
+				res.Missed, res.Failed = res.Missed+one.Missed, res.Failed+one.Failed
+				mu.Unlock()
+			}
+		}()
+	}
+	for _, id := range ids {
+		next <- id
+	}
+	close(next)
+	wg.Wait()
 	return res, nil
 }
 
