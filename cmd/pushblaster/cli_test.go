@@ -535,3 +535,14 @@ func TestParseDatabaseURL(t *testing.T) {
 		t.Errorf("migrate with a mysql URL: exit %d %q", code, stderr)
 	}
 }
+
+func TestVersion(t *testing.T) {
+	t.Parallel()
+	var out, errb bytes.Buffer
+	if err := run(context.Background(), []string{"version"}, func(string) string { return "" }, strings.NewReader(""), &out, &errb); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(out.String(), "pushblaster ") || !strings.Contains(out.String(), "go1.") {
+		t.Errorf("version = %q", out.String())
+	}
+}

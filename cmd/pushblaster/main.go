@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	pb "github.com/pushblaster/pushblaster"
@@ -67,6 +68,7 @@ Engine:
   serve                 run the engine and its API (embedded SQLite by default)
   demo                  watch one automation run through all five phases
   migrate               apply database migrations and exit
+  version               print the version and build
 
 Client (talks to a running server; --server, PUSHBLASTER_SERVER):
   automation list|get|create|apply|update|delete|pause|resume|run
@@ -96,10 +98,39 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		return runExecution(ctx, args[1:], env, stdout, stderr)
 	case "schedule":
 		return runSchedule(ctx, args[1:], env, stdout, stderr)
+	case "version", "--version":
+		fmt.Fprintln(stdout, versionString())
+		return nil
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
 	}
 	fmt.Fprintf(stderr, "pushblaster: unknown command %q\n\n%s", args[0], usage)
 	return errUsage
+}
+
+// versionString names the build: module version, commit and Go version.
+func versionString() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "pushblaster (unknown build)"
+	}
+	rev, dirty := "", ""
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				dirty = "+dirty"
+			}
+		}
+	}
+	if len(rev) > 12 {
+		rev = rev[:12]
+	}
+	if rev == "" {
+		rev = "no commit"
+	}
+	return fmt.Sprintf("pushblaster %s (%s%s, %s)", bi.Main.Version, rev, dirty, bi.GoVersion)
 }
