@@ -80,6 +80,9 @@ type Automation struct {
 	// NextSendAt is the send time of the next scheduled fire; nil when
 	// paused or when the schedule never fires again.
 	NextSendAt *time.Time `json:"next_send_at,omitempty"`
+	// NextFireAt is when that fire starts (its audience phase): the send
+	// time minus the lead time, or later if an edit lengthened the lead.
+	NextFireAt *time.Time `json:"next_fire_at,omitempty"`
 	CreatedAt  time.Time  `json:"created_at,omitzero"`
 	UpdatedAt  time.Time  `json:"updated_at,omitzero"`
 
@@ -378,7 +381,7 @@ func SameDefinition(a, b *Automation) bool {
 // scheduler state: what an operator writes.
 func (a *Automation) Definition() *Automation {
 	c := *a
-	c.ID, c.Version, c.NextSendAt = 0, 0, nil
+	c.ID, c.Version, c.NextSendAt, c.NextFireAt = 0, 0, nil, nil
 	c.CreatedAt, c.UpdatedAt = time.Time{}, time.Time{}
 	return &c
 }

@@ -87,6 +87,9 @@ const (
 	MetricTestFailed   = "test_failed"
 	MetricSent         = "sent"
 	MetricFailed       = "failed"
+	// MetricUnknown counts deliveries in flight when their instance
+	// stopped: nobody knows whether they arrived, and they are not re-sent.
+	MetricUnknown = "unknown"
 )
 
 // Execution is one run of an automation for one send time.

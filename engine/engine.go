@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -78,6 +79,10 @@ var _ pb.Service = (*Engine)(nil)
 // use the same database as st).
 func New[TDriver riverdriver.Driver[TTx], TTx any](st *store.Store, driver TDriver, cfg Config) (*Engine, error) {
 	cfg = withDefaults(cfg)
+	if cfg.RescueAfter <= maxPhaseTimeout {
+		return nil, pb.Errorf(pb.KindValidation,
+			"rescue_after %s must be longer than the longest phase timeout (%s), or a slow phase would be run twice", cfg.RescueAfter, maxPhaseTimeout)
+	}
 	e := &Engine{
 		store:    st,
 		clock:    cfg.Clock,
@@ -294,14 +299,58 @@ func (e *Engine) automationVersion(ctx context.Context, tx *store.Tx, id int64, 
 	return a, nil
 }
 
-// errorHandler records panics in jobs: a bug must not vanish into a log.
+// errorHandler makes sure no phase job vanishes: when River gives up on one
+// (its last attempt failed, e.g. the database was down all along), the
+// execution is failed with the reason instead of staying "running" forever.
 type errorHandler struct{ e *Engine }
 
 func (h *errorHandler) HandleError(ctx context.Context, job *rivertype.JobRow, err error) *river.ErrorHandlerResult {
+	h.e.giveUp(ctx, job, fmt.Sprintf("failed %d times: %v", job.Attempt, err))
 	return nil
 }
 
 func (h *errorHandler) HandlePanic(ctx context.Context, job *rivertype.JobRow, panicVal any, trace string) *river.ErrorHandlerResult {
-	h.e.log.Error("job panicked", "event", "job.panic", "job_id", job.ID, "kind", job.Kind, "panic", fmt.Sprint(panicVal), "trace", trace)
+	h.e.log.Error("job panicked: this is a bug, please report it", "event", "job.panic", "job_id", job.ID, "kind", job.Kind, "panic", fmt.Sprint(panicVal), "trace", trace)
+	h.e.giveUp(ctx, job, fmt.Sprintf("panicked %d times: %v", job.Attempt, panicVal))
 	return nil
+}
+
+// giveUp fails the execution of a phase job on its last attempt.
+func (e *Engine) giveUp(ctx context.Context, job *rivertype.JobRow, why string) {
+	if job.Kind != (phaseArgs{}).Kind() || job.Attempt < job.MaxAttempts {
+		return
+	}
+	var args phaseArgs
+	if err := json.Unmarshal(job.EncodedArgs, &args); err != nil {
+		e.log.Error("cannot read the arguments of a job River gave up on", "event", "job.discarded", "job_id", job.ID, "error", err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	err := e.store.InTx(ctx, func(tx *store.Tx) error {
+		ex, err := tx.GetExecutionRow(ctx, args.ExecutionID, true)
+		if err != nil {
+			return err
+		}
+		perr := pb.Errorf(pb.KindInternal, "phase %s gave up: its job %s", args.Phase, why).WithPhase(args.Phase).
+			With("job_id", fmt.Sprint(job.ID))
+		if err := tx.EndPhase(ctx, ex.ID, args.Phase, store.PhaseEnd{Status: pb.PhaseFailed, Error: perr, Now: e.now()}); err != nil {
+			return err
+		}
+		if err := e.recordEventTx(ctx, tx, &pb.Event{AutomationID: ex.AutomationID, ExecutionID: ex.ID, Type: pb.EventError,
+			Phase: args.Phase, Message: perr.Message, Data: map[string]string{"kind": string(perr.Kind)}}); err != nil {
+			return err
+		}
+		if ex.Status.Final() {
+			return nil // a cleanup that gave up: the outcome stands
+		}
+		return e.finish(ctx, tx, ex, pb.StatusFailed, perr, "")
+	})
+	if err != nil {
+		e.log.Error("River gave up on a phase job and the execution could not be failed; it needs an operator",
+			"event", "job.discarded", "job_id", job.ID, "execution_id", args.ExecutionID, "phase", args.Phase, "error", err)
+		return
+	}
+	e.log.Error("River gave up on a phase job; execution failed", "event", "job.discarded", "job_id", job.ID,
+		"execution_id", args.ExecutionID, "phase", args.Phase, "reason", why)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -32,11 +33,14 @@ type phaseWorker struct {
 	e *Engine
 }
 
+// maxPhaseTimeout is the longest phase timeout; RescueAfter must exceed it.
+const maxPhaseTimeout = 10 * time.Minute
+
 // Timeout is explicit for every phase: a job without one is never rescued.
 func (w *phaseWorker) Timeout(job *river.Job[phaseArgs]) time.Duration {
 	switch job.Args.Phase {
 	case pb.PhaseAudience, pb.PhaseTestSend, pb.PhaseLiveSend:
-		return 10 * time.Minute
+		return maxPhaseTimeout
 	}
 	return time.Minute
 }
@@ -89,11 +93,20 @@ func (e *Engine) runPhase(ctx context.Context, job *river.Job[phaseArgs]) error 
 			done = true
 			if rec.Status == pb.PhaseRunning {
 				// Cancelled while this phase ran on an instance that died:
-				// close the phase and clean up on its behalf.
-				err := tx.EndPhase(ctx, id, p, store.PhaseEnd{Status: pb.PhaseCancelled, Now: e.now(),
+				// close the phase and clean up on its behalf. Deliveries it
+				// left in flight are unknown; its metrics come from the
+				// ledger, so the record says who got the push.
+				end := store.PhaseEnd{Status: pb.PhaseCancelled, Now: e.now(),
 					Note:  "execution ended while this phase ran on an instance that stopped",
-					Error: pb.Errorf(pb.KindAbort, "execution %s during %s: %s", ex.Status, p, ex.Reason).WithPhase(p)})
-				if err != nil {
+					Error: pb.Errorf(pb.KindAbort, "execution %s during %s: %s", ex.Status, p, ex.Reason).WithPhase(p)}
+				if aud, ok := sendAudienceOf(p); ok {
+					m, err := e.settleLedger(ctx, tx, id, aud)
+					if err != nil {
+						return err
+					}
+					end.Metrics = m
+				}
+				if err := tx.EndPhase(ctx, id, p, end); err != nil {
 					return err
 				}
 				if err := e.enqueuePhase(ctx, tx, ex, pb.PhaseCleanup, e.now()); err != nil {
@@ -258,8 +271,18 @@ func (e *Engine) endPhase(ctx context.Context, tx *store.Tx, job *river.Job[phas
 
 	case out.err != nil:
 		perr := pb.AsError(out.err).WithPhase(p)
-		if perr.Recoverable && job.Attempt < e.cfg.PhaseAttempts {
-			note := fmt.Sprintf("attempt %d of %d failed (%s): %s; retrying", job.Attempt, e.cfg.PhaseAttempts, perr.Kind, perr.Message)
+		if perr.Recoverable {
+			// Only the phase's own failures count against its budget, not
+			// restarts after a shutdown or a crash.
+			note := fmt.Sprintf("failed (%s): %s; retrying", perr.Kind, perr.Message)
+			failures, err := tx.PhaseFailed(ctx, ex.ID, p, note)
+			if err != nil {
+				return err
+			}
+			if failures >= e.cfg.PhaseAttempts {
+				return e.failPhase(ctx, tx, job, ex, p, end, perr, out, event, log)
+			}
+			note = fmt.Sprintf("failure %d of %d allowed (%s): %s; retrying", failures, e.cfg.PhaseAttempts, perr.Kind, perr.Message)
 			if err := tx.SetPhaseNote(ctx, ex.ID, p, note); err != nil {
 				return err
 			}
@@ -272,28 +295,7 @@ func (e *Engine) endPhase(ctx context.Context, tx *store.Tx, job *river.Job[phas
 			*retry = perr
 			return nil
 		}
-		end.Status, end.Error = pb.PhaseFailed, perr
-		if out.metrics != nil {
-			if err := tx.SetMetrics(ctx, ex.ID, out.metrics); err != nil {
-				return err
-			}
-		}
-		if err := tx.EndPhase(ctx, ex.ID, p, end); err != nil {
-			return err
-		}
-		log.Error("phase failed", "event", "phase.end", "status", end.Status, "kind", perr.Kind, "recoverable", perr.Recoverable, "error", perr.Message)
-		event.Type = pb.EventError
-		event.Message = fmt.Sprintf("%s failed (%s): %s", p, perr.Kind, perr.Message)
-		event.Data = map[string]string{"status": string(end.Status), "kind": string(perr.Kind)}
-		if err := e.recordEventTx(ctx, tx, event); err != nil {
-			return err
-		}
-		if p != pb.PhaseCleanup {
-			if err := e.finish(ctx, tx, ex, pb.StatusFailed, perr, ""); err != nil {
-				return err
-			}
-		}
-		return e.jobs.complete(ctx, tx, job)
+		return e.failPhase(ctx, tx, job, ex, p, end, perr, out, event, log)
 	}
 
 	end.Status = pb.PhaseCompleted
@@ -319,6 +321,40 @@ func (e *Engine) endPhase(ctx context.Context, tx *store.Tx, job *river.Job[phas
 	}
 	if err := e.advance(ctx, tx, ex, p, now); err != nil {
 		return err
+	}
+	return e.jobs.complete(ctx, tx, job)
+}
+
+// failPhase records phase p as failed and fails its execution.
+func (e *Engine) failPhase(ctx context.Context, tx *store.Tx, job *river.Job[phaseArgs], ex *pb.Execution, p pb.Phase,
+	end store.PhaseEnd, perr *pb.Error, out outcome, event *pb.Event, log *slog.Logger) error {
+	end.Status, end.Error = pb.PhaseFailed, perr
+	if aud, ok := sendAudienceOf(p); ok {
+		// A send that died mid-batch (a panic) left deliveries in flight.
+		m, err := e.settleLedger(ctx, tx, ex.ID, aud)
+		if err != nil {
+			return err
+		}
+		end.Metrics = m
+	} else if out.metrics != nil {
+		if err := tx.SetMetrics(ctx, ex.ID, out.metrics); err != nil {
+			return err
+		}
+	}
+	if err := tx.EndPhase(ctx, ex.ID, p, end); err != nil {
+		return err
+	}
+	log.Error("phase failed", "event", "phase.end", "status", end.Status, "kind", perr.Kind, "recoverable", perr.Recoverable, "error", perr.Message)
+	event.Type = pb.EventError
+	event.Message = fmt.Sprintf("%s failed (%s): %s", p, perr.Kind, perr.Message)
+	event.Data = map[string]string{"status": string(end.Status), "kind": string(perr.Kind)}
+	if err := e.recordEventTx(ctx, tx, event); err != nil {
+		return err
+	}
+	if p != pb.PhaseCleanup {
+		if err := e.finish(ctx, tx, ex, pb.StatusFailed, perr, ""); err != nil {
+			return err
+		}
 	}
 	return e.jobs.complete(ctx, tx, job)
 }
@@ -358,6 +394,31 @@ func (e *Engine) advance(ctx context.Context, tx *store.Tx, ex *pb.Execution, p 
 		return e.finish(ctx, tx, ex, pb.StatusCompleted, nil, "")
 	}
 	return nil
+}
+
+// sendAudienceOf names the ledger a send phase writes.
+func sendAudienceOf(p pb.Phase) (store.Audience, bool) {
+	switch p {
+	case pb.PhaseTestSend:
+		return store.AudienceTest, true
+	case pb.PhaseLiveSend:
+		return store.AudienceLive, true
+	}
+	return "", false
+}
+
+// settleLedger turns deliveries still in flight into unknown and sets the
+// execution's send metrics from the ledger.
+func (e *Engine) settleLedger(ctx context.Context, tx *store.Tx, id int64, aud store.Audience) (map[string]int64, error) {
+	if _, err := tx.MarkUnknown(ctx, id, aud, e.now()); err != nil {
+		return nil, err
+	}
+	counts, err := tx.DeliveryCounts(ctx, id, aud)
+	if err != nil {
+		return nil, err
+	}
+	m := ledgerMetrics(aud, counts)
+	return m, tx.SetMetrics(ctx, id, m)
 }
 
 // closeWindow records the end of the cancellation window (when the live
@@ -437,8 +498,15 @@ func (e *Engine) startQueued(ctx context.Context, tx *store.Tx, ex *pb.Execution
 	return nil
 }
 
-// phaseBody does the work of phase p.
-func (e *Engine) phaseBody(ctx context.Context, ex *pb.Execution, a *pb.Automation, p pb.Phase, log *slog.Logger) outcome {
+// phaseBody does the work of phase p. A panic is a bug: it becomes an
+// internal error recorded with the phase, not a silent River retry loop.
+func (e *Engine) phaseBody(ctx context.Context, ex *pb.Execution, a *pb.Automation, p pb.Phase, log *slog.Logger) (out outcome) {
+	defer func() {
+		if r := recover(); r != nil {
+			log.Error("phase panicked: this is a bug, please report it", "event", "phase.panic", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			out = outcome{err: pb.Errorf(pb.KindInternal, "panic in %s: %v (a bug; the stack is in the log, event phase.panic)", p, r)}
+		}
+	}()
 	switch p {
 	case pb.PhaseAudience:
 		return e.generateAudience(ctx, ex, a)

@@ -57,18 +57,21 @@ func (e *Engine) sendOutcome(ctx context.Context, ex *pb.Execution, aud store.Au
 		}
 		return outcome{err: sendErr}
 	}
-	m := map[string]int64{}
-	if aud == store.AudienceTest {
-		m[pb.MetricTestSent], m[pb.MetricTestFailed] = counts[store.DeliverySent], counts[store.DeliveryFailed]
-	} else {
-		m[pb.MetricSent], m[pb.MetricFailed] = counts[store.DeliverySent], counts[store.DeliveryFailed]
-		m["unknown"] = counts[store.DeliveryUnknown]
-	}
+	m := ledgerMetrics(aud, counts)
 	note := fmt.Sprintf("sent %d, failed %d", counts[store.DeliverySent], counts[store.DeliveryFailed])
 	if n := counts[store.DeliveryUnknown]; n > 0 {
 		note += fmt.Sprintf(", unknown %d (in flight when an instance stopped; not re-sent)", n)
 	}
 	return outcome{metrics: m, note: note, err: sendErr}
+}
+
+// ledgerMetrics names the ledger's counts as execution metrics.
+func ledgerMetrics(aud store.Audience, counts map[string]int64) map[string]int64 {
+	if aud == store.AudienceTest {
+		return map[string]int64{pb.MetricTestSent: counts[store.DeliverySent], pb.MetricTestFailed: counts[store.DeliveryFailed]}
+	}
+	return map[string]int64{pb.MetricSent: counts[store.DeliverySent], pb.MetricFailed: counts[store.DeliveryFailed],
+		pb.MetricUnknown: counts[store.DeliveryUnknown]}
 }
 
 // sendBatch claims rs in the ledger, sends the claimed ones and records

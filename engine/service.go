@@ -70,16 +70,43 @@ func (e *Engine) UpdateAutomation(ctx context.Context, id int64, a *pb.Automatio
 }
 
 // update stores a as the new version of cur. Running executions keep their
-// version; only the schedule of future fires is recomputed.
+// version. A fire already due under cur fires first, with cur's version: an
+// edit never swallows a due fire. The upcoming send time is kept when the
+// schedule is unchanged (a longer lead time then starts its audience at
+// once); a new schedule starts with its first full timeline.
 func (e *Engine) update(ctx context.Context, tx *store.Tx, cur, a *pb.Automation) error {
 	now := e.now()
+	if due, err := tx.LockDueAutomation(ctx, cur.ID, now); err != nil {
+		return err
+	} else if due != nil {
+		var res TickResult
+		if err := e.fireDue(ctx, tx, due, now, &res); err != nil {
+			return err
+		}
+		if cur, err = tx.GetAutomation(ctx, cur.ID, true); err != nil {
+			return err
+		}
+	}
 	a.ID, a.CreatedAt = cur.ID, cur.CreatedAt
-	if err := tx.UpdateAutomation(ctx, a, firstSchedule(a, now), now); err != nil {
+	if err := tx.UpdateAutomation(ctx, a, scheduleAfterEdit(cur, a, now), now); err != nil {
 		return err
 	}
 	e.log.Info("automation updated", "event", "automation.update", "automation_id", a.ID, "version", a.Version, "next_send_at", a.NextSendAt)
 	return e.recordEventTx(ctx, tx, &pb.Event{AutomationID: a.ID, Type: pb.EventLog,
 		Message: fmt.Sprintf("automation updated to version %d; running executions keep their version; %s", a.Version, nextFireText(a))})
+}
+
+// scheduleAfterEdit is the scheduler state after cur is replaced by a.
+func scheduleAfterEdit(cur, a *pb.Automation, now time.Time) store.Schedule {
+	if a.Paused || cur.Paused || cur.NextSendAt == nil || cur.Schedule != a.Schedule {
+		return firstSchedule(a, now)
+	}
+	send := *cur.NextSendAt
+	fire := send.Add(-a.Lead())
+	if fire.Before(now) {
+		fire = now
+	}
+	return store.Schedule{SendAt: &send, FireAt: &fire}
 }
 
 // ApplyAutomation implements pb.Service.
@@ -306,12 +333,14 @@ func (e *Engine) cancelInTx(ctx context.Context, tx *store.Tx, ex *pb.Execution,
 	if ex.Status.Final() {
 		return nil
 	}
-	if ex.Phases == nil || len(ex.Phases) == 0 {
+	if len(ex.Phases) == 0 {
 		full, err := tx.GetExecution(ctx, ex.ID, true)
 		if err != nil {
 			return err
 		}
-		ex = full
+		if ex = full; ex.Status.Final() {
+			return nil
+		}
 	}
 	running := runningPhase(ex)
 	st := pb.StatusCancelled

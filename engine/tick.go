@@ -119,6 +119,16 @@ func (e *Engine) fireDue(ctx context.Context, tx *store.Tx, a *pb.Automation, no
 	}
 	loc, lead := a.Location(), a.Lead()
 
+	// fireAt is when the fire for send time t is due: its audience time,
+	// except for the first pending fire, whose stored time may be later
+	// (an edit that lengthened the lead time starts it when it was saved).
+	fireAt := func(t time.Time) time.Time {
+		if a.NextFireAt != nil && a.NextSendAt != nil && t.Equal(*a.NextSendAt) && a.NextFireAt.After(t.Add(-lead)) {
+			return *a.NextFireAt
+		}
+		return t.Add(-lead)
+	}
+
 	// Collect the overdue send times, keeping only the newest few.
 	keep := e.cfg.MaxMissedRecords + 1
 	var (
@@ -127,7 +137,7 @@ func (e *Engine) fireDue(ctx context.Context, tx *store.Tx, a *pb.Automation, no
 		oldest  time.Time
 	)
 	t := *a.NextSendAt
-	for !t.IsZero() && !t.Add(-lead).After(now) {
+	for !t.IsZero() && !fireAt(t).After(now) {
 		if total == 0 {
 			oldest = t
 		}
@@ -146,19 +156,24 @@ func (e *Engine) fireDue(ctx context.Context, tx *store.Tx, a *pb.Automation, no
 		return nil
 	}
 
+	// A fire found within the catch-up window runs; the tick's own delay
+	// (up to LateFire) never counts as missing, even with a window of 0.
 	latest := overdue[len(overdue)-1]
-	lateness := now.Sub(latest.Add(-lead))
-	runLatest := lateness <= a.Catchup()
+	lateness := now.Sub(fireAt(latest))
+	window := max(a.Catchup(), e.cfg.LateFire)
+	runLatest := lateness <= window
 	missed := overdue
 	if runLatest {
 		missed = overdue[:len(overdue)-1]
 	}
 	for i, sendAt := range missed {
-		reason := fmt.Sprintf("not fired at its time %s: the engine was not running", sendAt.Add(-lead).In(loc).Format(time.RFC3339))
+		late := roundDur(now.Sub(fireAt(sendAt)))
+		reason := fmt.Sprintf("not fired at its time %s: the scheduler reached it %s late (the engine was down, or could not tick)",
+			fireAt(sendAt).In(loc).Format(time.RFC3339), late)
 		if runLatest {
 			reason += fmt.Sprintf("; only the latest overdue fire (send time %s) ran", latest.In(loc).Format(time.RFC3339))
 		} else {
-			reason += fmt.Sprintf(" and it was %s late, beyond the catch-up window of %s", roundDur(now.Sub(sendAt.Add(-lead))), pb.Duration(a.Catchup()))
+			reason += fmt.Sprintf(", beyond the catch-up window of %s", pb.Duration(a.Catchup()))
 		}
 		if i == 0 && total > len(overdue) {
 			reason += fmt.Sprintf(" (%d earlier fires since %s were missed too and are not recorded one by one)",

@@ -18,7 +18,7 @@ type Schedule struct {
 	FireAt *time.Time
 }
 
-const automationColumns = `id, name, version, spec, paused, next_send_at, created_at, updated_at`
+const automationColumns = `id, name, version, spec, paused, next_send_at, next_fire_at, created_at, updated_at`
 
 func scanAutomation(row interface{ Scan(...any) error }) (*pb.Automation, error) {
 	var (
@@ -29,17 +29,18 @@ func scanAutomation(row interface{ Scan(...any) error }) (*pb.Automation, error)
 		spec     string
 		paused   bool
 		nextSend nullTime
+		nextFire nullTime
 		created  nullTime
 		updated  nullTime
 	)
-	if err := row.Scan(&id, &name, &version, &spec, &paused, &nextSend, &created, &updated); err != nil {
+	if err := row.Scan(&id, &name, &version, &spec, &paused, &nextSend, &nextFire, &created, &updated); err != nil {
 		return nil, err
 	}
 	if err := json.Unmarshal([]byte(spec), &a); err != nil {
 		return nil, pb.Errorf(pb.KindInternal, "automation %d: stored definition is unreadable: %v", id, err)
 	}
 	a.ID, a.Name, a.Version, a.Paused = id, name, version, paused
-	a.NextSendAt = nextSend.ptr()
+	a.NextSendAt, a.NextFireAt = nextSend.ptr(), nextFire.ptr()
 	a.CreatedAt, a.UpdatedAt = created.t, updated.t
 	return &a, nil
 }
@@ -78,7 +79,7 @@ func (o ops) InsertAutomation(ctx context.Context, a *pb.Automation, sched Sched
 	if err != nil {
 		return nameConflict(err, a.Name, "insert automation")
 	}
-	a.Version, a.CreatedAt, a.UpdatedAt, a.NextSendAt = 1, now, now, sched.SendAt
+	a.Version, a.CreatedAt, a.UpdatedAt, a.NextSendAt, a.NextFireAt = 1, now, now, sched.SendAt, sched.FireAt
 	return o.insertVersion(ctx, a.ID, 1, spec, now)
 }
 
@@ -119,7 +120,7 @@ func (o ops) UpdateAutomation(ctx context.Context, a *pb.Automation, sched Sched
 		}
 		return nameConflict(err, a.Name, "update automation")
 	}
-	a.Version, a.UpdatedAt, a.NextSendAt = version, now, sched.SendAt
+	a.Version, a.UpdatedAt, a.NextSendAt, a.NextFireAt = version, now, sched.SendAt, sched.FireAt
 	return o.insertVersion(ctx, a.ID, version, spec, now)
 }
 

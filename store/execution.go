@@ -126,7 +126,7 @@ func (o ops) GetExecution(ctx context.Context, id int64, lock bool) (*pb.Executi
 func (o ops) GetExecutionRow(ctx context.Context, id int64, lock bool) (*pb.Execution, error) {
 	q := `SELECT ` + executionColumns + executionFrom + ` WHERE e.id = $1`
 	if lock && o.dialect == "postgres" {
-		q += ` FOR UPDATE OF e`
+		q += ` FOR NO KEY UPDATE OF e`
 	}
 	e, err := scanExecution(o.q.QueryRow(ctx, q, id))
 	if err != nil {

@@ -57,6 +57,16 @@ func (o ops) EndPhase(ctx context.Context, id int64, p pb.Phase, end PhaseEnd) e
 	return dbErr(err, "record end of phase %s of execution %d", p, id)
 }
 
+// PhaseFailed records a recoverable failure of phase p (the note says
+// what and that it retries) and returns how many failures it has had.
+func (o ops) PhaseFailed(ctx context.Context, id int64, p pb.Phase, note string) (int, error) {
+	var n int
+	err := o.q.QueryRow(ctx, `
+		UPDATE execution_phases SET failures = failures + 1, note = $3
+		WHERE execution_id = $1 AND phase = $2 RETURNING failures`, id, string(p), note).Scan(&n)
+	return n, dbErr(err, "record failure of phase %s of execution %d", p, id)
+}
+
 // SetPhaseNote updates the note of a running phase (e.g. "window open
 // until 09:30 UTC").
 func (o ops) SetPhaseNote(ctx context.Context, id int64, p pb.Phase, note string) error {

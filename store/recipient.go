@@ -172,6 +172,15 @@ func (o ops) ClaimDeliveries(ctx context.Context, id int64, aud Audience, rs []p
 	return claimed, unknown, nil
 }
 
+// MarkUnknown turns every delivery of an execution still in state sending
+// into unknown (their sender stopped mid-request) and returns how many.
+func (o ops) MarkUnknown(ctx context.Context, id int64, aud Audience, now time.Time) (int64, error) {
+	n, err := o.q.Exec(ctx, `
+		UPDATE deliveries SET state = 'unknown', reason = 'in flight when its sender stopped', updated_at = $3
+		WHERE execution_id = $1 AND audience = $2 AND state = 'sending'`, id, string(aud), Canon(now))
+	return n, dbErr(err, "mark unknown deliveries of execution %d", id)
+}
+
 // DeliveryResult is the outcome of one provider call.
 type DeliveryResult struct {
 	UserID, Token string

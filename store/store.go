@@ -166,16 +166,21 @@ type ops struct {
 
 // forUpdate locks selected rows on PostgreSQL. SQLite has one writer at a
 // time, so its transactions are serialised anyway (BEGIN IMMEDIATE).
+//
+// NO KEY UPDATE, not UPDATE: we never change keys, and a plain FOR UPDATE
+// conflicts with the FOR KEY SHARE locks that foreign-key checks take on the
+// parent row, which deadlocks a phase end (updating its execution twice)
+// against a tick holding the automation.
 func (o ops) forUpdate() string {
 	if o.dialect == "postgres" {
-		return " FOR UPDATE"
+		return " FOR NO KEY UPDATE"
 	}
 	return ""
 }
 
 func (o ops) skipLocked() string {
 	if o.dialect == "postgres" {
-		return " FOR UPDATE SKIP LOCKED"
+		return " FOR NO KEY UPDATE SKIP LOCKED"
 	}
 	return ""
 }

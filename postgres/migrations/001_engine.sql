@@ -60,6 +60,9 @@ CREATE TABLE execution_phases (
     phase        TEXT    NOT NULL,
     status       TEXT    NOT NULL,
     attempt      INTEGER NOT NULL DEFAULT 0,
+    -- failures counts recoverable failures of this phase's own work (not
+    -- restarts): the budget for retries.
+    failures     INTEGER NOT NULL DEFAULT 0,
     instance     TEXT    NOT NULL DEFAULT '',
     started_at   TIMESTAMPTZ,
     finished_at  TIMESTAMPTZ,
