@@ -3,7 +3,6 @@ package engine_test
 import (
 	"context"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -138,26 +137,7 @@ func TestCancelledInterruptedSendKeepsMetrics(t *testing.T) {
 	t.Parallel()
 	forEachDialect(t, func(t *testing.T, dialect string) {
 		b := setup(t, dialect)
-		a := automation("interrupted")
-		a.Audience.Recipients = recipients("u", 1200)
-		a = b.create(a)
-		send := berlin(2026, 6, 1, 9, 30)
-		b.clock.Set(send.Add(-30 * time.Minute))
-		ex := b.waitPhase(b.waitExecutions(a.ID, 1)[0].ID, pb.PhaseWindow, pb.PhaseRunning)
-		entered, release := b.sender.hold()
-		b.clock.Set(send)
-		<-entered
-		release()
-		entered, release = b.sender.hold()
-		<-entered
-		stopCtx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
-		defer cancel()
-		var wg sync.WaitGroup
-		wg.Add(1)
-		go func() { defer wg.Done(); _ = b.eng.Stop(stopCtx) }()
-		wg.Wait()
-		release()
-
+		ex, send := b.stopMidSend("interrupted")
 		eng2 := b.newEngine(t, b.store)
 		if _, err := eng2.CancelExecution(t.Context(), ex.ID, pb.CancelParams{Force: true, Reason: "stop it"}); err != nil {
 			t.Fatal(err)

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -179,28 +178,7 @@ func TestRestartMidExecution(t *testing.T) {
 	t.Parallel()
 	forEachDialect(t, func(t *testing.T, dialect string) {
 		b := setup(t, dialect)
-		a := automation("restart")
-		a.Audience.Recipients = recipients("u", 1200)
-		a = b.create(a)
-		send := berlin(2026, 6, 1, 9, 30)
-		b.clock.Set(send.Add(-30 * time.Minute))
-		ex := b.waitPhase(b.waitExecutions(a.ID, 1)[0].ID, pb.PhaseWindow, pb.PhaseRunning)
-
-		// First engine: batch 1 goes out, batch 2 is in flight when it
-		// stops.
-		entered, release := b.sender.hold()
-		b.clock.Set(send)
-		<-entered
-		release()
-		entered, release = b.sender.hold()
-		<-entered
-		stopCtx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
-		defer cancel()
-		var wg sync.WaitGroup
-		wg.Add(1)
-		go func() { defer wg.Done(); _ = b.eng.Stop(stopCtx) }()
-		wg.Wait()
-		release()
+		ex, send := b.stopMidSend("restart")
 		mid := b.execution(ex.ID)
 		if mid.Status.Final() || mid.PhaseRecord(pb.PhaseLiveSend).Status != pb.PhaseRunning {
 			t.Fatalf("after stop: %s", describe(mid))

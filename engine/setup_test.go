@@ -326,3 +326,27 @@ func berlin(y int, m time.Month, d, h, min int) time.Time {
 	loc, _ := time.LoadLocation("Europe/Berlin")
 	return time.Date(y, m, d, h, min, 0, 0, loc)
 }
+
+// stopMidSend runs a 1,200-recipient automation to its live send, lets the
+// first batch of 500 out, and stops the engine (shutdown timeout passing)
+// while the second batch is in flight. It returns the execution.
+func (b *bundle) stopMidSend(name string) (*pb.Execution, time.Time) {
+	b.t.Helper()
+	a := automation(name)
+	a.Audience.Recipients = recipients("u", 1200)
+	a = b.create(a)
+	send := berlin(2026, 6, 1, 9, 30)
+	b.clock.Set(send.Add(-30 * time.Minute))
+	ex := b.waitPhase(b.waitExecutions(a.ID, 1)[0].ID, pb.PhaseWindow, pb.PhaseRunning)
+	entered, release := b.sender.hold()
+	b.clock.Set(send)
+	<-entered
+	release()
+	entered, release = b.sender.hold()
+	<-entered
+	stopCtx, cancel := context.WithTimeout(b.t.Context(), 200*time.Millisecond)
+	defer cancel()
+	_ = b.eng.Stop(stopCtx)
+	release()
+	return ex, send
+}
