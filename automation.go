@@ -158,24 +158,6 @@ type Schedule struct {
 	Timezone string `json:"timezone,omitempty"`
 }
 
-// Audience defines who receives the live push.
-type Audience struct {
-	// Type is the source: "static" is a list in the definition.
-	Type       string      `json:"type"`
-	Recipients []Recipient `json:"recipients,omitempty"`
-}
-
-// AudienceStatic is the audience type of an inline recipient list.
-const AudienceStatic = "static"
-
-// Recipient is one user and, optionally, one device token.
-type Recipient struct {
-	UserID   string            `json:"user_id"`
-	Token    string            `json:"token,omitempty"`
-	Platform string            `json:"platform,omitempty"`
-	Data     map[string]string `json:"data,omitempty"`
-}
-
 // Message is what the push says.
 type Message struct {
 	Title string            `json:"title"`
@@ -300,17 +282,7 @@ func (a *Automation) Normalize() error {
 			Duration(a.Deadline()), Duration(lead))
 	}
 
-	switch a.Audience.Type {
-	case "":
-		v.Add("audience.type", "is required; use static")
-	case AudienceStatic:
-		if len(a.Audience.Recipients) == 0 {
-			v.Add("audience.recipients", "is empty; a static audience lists at least one recipient")
-		}
-		validateRecipients(&v, "audience.recipients", a.Audience.Recipients)
-	default:
-		v.Add("audience.type", "is %q; supported: static", a.Audience.Type)
-	}
+	a.Audience.normalize(&v)
 	if a.TestAudience == nil {
 		a.TestAudience = []Recipient{}
 	}
@@ -325,9 +297,11 @@ func (a *Automation) Normalize() error {
 	return v.Err()
 }
 
-// NormalizeWith is Normalize plus a check that the provider is one of
-// providers (those the engine has configured).
-func (a *Automation) NormalizeWith(providers []string) error {
+// NormalizeIn is Normalize plus the checks that depend on the engine's
+// environment: a configured provider, a script inside the scripts
+// directory, a CSV file inside the data directory, an audience database for
+// SQL, allowed script environment names.
+func (a *Automation) NormalizeIn(env Environment) error {
 	var v Validation
 	var pe *Error
 	if err := a.Normalize(); err != nil {
@@ -338,10 +312,11 @@ func (a *Automation) NormalizeWith(providers []string) error {
 			v.Add(f.Field, "%s", f.Message)
 		}
 	}
-	if a.Delivery.Provider != "" && !slices.Contains(providers, a.Delivery.Provider) {
+	if a.Delivery.Provider != "" && !slices.Contains(env.Providers, a.Delivery.Provider) {
 		v.Add("delivery.provider", "is %q, which is not configured; configured providers: %s",
-			a.Delivery.Provider, strings.Join(providers, ", "))
+			a.Delivery.Provider, strings.Join(env.Providers, ", "))
 	}
+	a.Audience.checkEnvironment(&v, env)
 	return v.Err()
 }
 

@@ -83,6 +83,7 @@ const (
 	MetricAudienceSize = "audience_size"
 	MetricDuplicates   = "duplicates_removed"
 	MetricNoToken      = "no_token"
+	MetricBadRows      = "bad_rows"
 	MetricTestSent     = "test_sent"
 	MetricTestFailed   = "test_failed"
 	MetricSent         = "sent"
@@ -172,4 +173,14 @@ type Event struct {
 	Phase        Phase             `json:"phase,omitempty"`
 	Message      string            `json:"message"`
 	Data         map[string]string `json:"data,omitempty"`
+}
+
+// Artifact is a piece of debugging evidence an audience run keeps for a
+// while: its stderr, its first and last rows, its exit status, its bad
+// rows.
+type Artifact struct {
+	Name      string    `json:"name"`
+	Content   string    `json:"content"`
+	CreatedAt time.Time `json:"created_at"`
+	ExpiresAt time.Time `json:"expires_at"`
 }

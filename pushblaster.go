@@ -70,6 +70,10 @@ type Service interface {
 	GetExecution(ctx context.Context, id int64) (*Execution, error)
 	ListExecutions(ctx context.Context, f ExecutionFilter) ([]*Execution, error)
 	ListEvents(ctx context.Context, f EventFilter) ([]*Event, error)
+	// ListArtifacts returns the debug artefacts an execution's audience run
+	// kept (stderr, first and last rows, exit status, bad rows) that have
+	// not expired.
+	ListArtifacts(ctx context.Context, executionID int64) ([]Artifact, error)
 }
 
 // ApplyResult says what ApplyAutomation did.

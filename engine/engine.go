@@ -55,6 +55,8 @@ type Config struct {
 	// LateFire is how late a fire may start and still count as on time
 	// rather than a catch-up (default 1m).
 	LateFire time.Duration
+	// Audience configures audience sources.
+	Audience AudienceConfig
 }
 
 // Engine runs automations. It implements pb.Service.
@@ -103,6 +105,9 @@ func New[TDriver riverdriver.Driver[TTx], TTx any](st *store.Store, driver TDriv
 	if err := river.AddWorkerSafely(workers, &phaseWorker{e: e}); err != nil {
 		return nil, pb.Errorf(pb.KindInternal, "register phase worker: %v", err)
 	}
+	if err := river.AddWorkerSafely(workers, &janitorWorker{e: e}); err != nil {
+		return nil, pb.Errorf(pb.KindInternal, "register janitor worker: %v", err)
+	}
 	rc := &river.Config{
 		ID:                   cfg.InstanceID,
 		Logger:               quietLogger(cfg.Logger),
@@ -117,6 +122,10 @@ func New[TDriver riverdriver.Driver[TTx], TTx any](st *store.Store, driver TDriv
 			river.PeriodicInterval(cfg.TickInterval),
 			func() (river.JobArgs, *river.InsertOpts) { return tickArgs{}, nil },
 			&river.PeriodicJobOpts{RunOnStart: true, ID: "tick"},
+		), river.NewPeriodicJob(
+			river.PeriodicInterval(time.Hour),
+			func() (river.JobArgs, *river.InsertOpts) { return janitorArgs{}, nil },
+			&river.PeriodicJobOpts{RunOnStart: true, ID: "janitor"},
 		)},
 		ErrorHandler: &errorHandler{e: e},
 	}
@@ -161,6 +170,12 @@ func withDefaults(c Config) Config {
 	}
 	if c.LateFire <= 0 {
 		c.LateFire = time.Minute
+	}
+	if c.Audience.ArtifactRetention <= 0 {
+		c.Audience.ArtifactRetention = 7 * 24 * time.Hour
+	}
+	if c.Audience.HeartbeatEvery <= 0 {
+		c.Audience.HeartbeatEvery = 10 * time.Second
 	}
 	return c
 }

@@ -58,6 +58,7 @@ type outcome struct {
 	metrics map[string]int64 // set on the execution (absolute values)
 	note    string
 	err     error
+	empty   bool // the audience is empty and on_empty is complete
 }
 
 // runPhase runs one phase: record its start (or do not run), run it,
@@ -319,7 +320,7 @@ func (e *Engine) endPhase(ctx context.Context, tx *store.Tx, job *river.Job[phas
 	if err := e.recordEventTx(ctx, tx, event); err != nil {
 		return err
 	}
-	if err := e.advance(ctx, tx, ex, p, now); err != nil {
+	if err := e.advance(ctx, tx, ex, p, now, out); err != nil {
 		return err
 	}
 	return e.jobs.complete(ctx, tx, job)
@@ -360,9 +361,19 @@ func (e *Engine) failPhase(ctx context.Context, tx *store.Tx, job *river.Job[pha
 }
 
 // advance moves ex on after phase p completed.
-func (e *Engine) advance(ctx context.Context, tx *store.Tx, ex *pb.Execution, p pb.Phase, now time.Time) error {
+func (e *Engine) advance(ctx context.Context, tx *store.Tx, ex *pb.Execution, p pb.Phase, now time.Time, out outcome) error {
 	switch p {
 	case pb.PhaseAudience:
+		if out.empty {
+			// Nothing to send: the remaining send phases are skipped and
+			// the execution completes, saying so.
+			for _, skip := range []pb.Phase{pb.PhaseTestSend, pb.PhaseWindow, pb.PhaseLiveSend} {
+				if err := tx.EndPhase(ctx, ex.ID, skip, store.PhaseEnd{Status: pb.PhaseSkipped, Note: out.note, Now: now, Instance: e.cfg.InstanceID}); err != nil {
+					return err
+				}
+			}
+			return e.finish(ctx, tx, ex, pb.StatusCompleted, nil, out.note)
+		}
 		return e.enqueuePhase(ctx, tx, ex, pb.PhaseTestSend, now)
 	case pb.PhaseTestSend:
 		// The window opens now and closes at the cancellation deadline.
@@ -509,7 +520,7 @@ func (e *Engine) phaseBody(ctx context.Context, ex *pb.Execution, a *pb.Automati
 	}()
 	switch p {
 	case pb.PhaseAudience:
-		return e.generateAudience(ctx, ex, a)
+		return e.generateAudience(ctx, ex, a, log)
 	case pb.PhaseTestSend:
 		if len(a.TestAudience) == 0 {
 			return outcome{metrics: map[string]int64{pb.MetricTestSent: 0}, note: "no test audience defined"}
@@ -528,35 +539,4 @@ func (e *Engine) phaseBody(ctx context.Context, ex *pb.Execution, a *pb.Automati
 		return outcome{note: "nothing to remove"}
 	}
 	return outcome{err: pb.Errorf(pb.KindInternal, "unknown phase %q", p)}
-}
-
-// generateAudience writes the recipient list of ex, replacing what an
-// earlier attempt wrote.
-func (e *Engine) generateAudience(ctx context.Context, ex *pb.Execution, a *pb.Automation) outcome {
-	var inserted int64
-	noToken := int64(0)
-	err := e.store.InTx(ctx, func(tx *store.Tx) error {
-		if err := tx.DeleteRecipients(ctx, ex.ID); err != nil {
-			return err
-		}
-		var err error
-		inserted, err = tx.InsertRecipients(ctx, ex.ID, a.Audience.Recipients)
-		return err
-	})
-	if err != nil {
-		return outcome{err: err}
-	}
-	seen := map[[2]string]bool{}
-	for _, r := range a.Audience.Recipients {
-		k := [2]string{r.UserID, r.Token}
-		if r.Token == "" && !seen[k] {
-			noToken++
-		}
-		seen[k] = true
-	}
-	return outcome{metrics: map[string]int64{
-		pb.MetricAudienceSize: inserted,
-		pb.MetricDuplicates:   int64(len(a.Audience.Recipients)) - inserted,
-		pb.MetricNoToken:      noToken,
-	}, note: fmt.Sprintf("%d recipients", inserted)}
 }

@@ -26,7 +26,7 @@ func (e *Engine) sendAudience(ctx context.Context, ex *pb.Execution, a *pb.Autom
 		after = page[len(page)-1].ID
 		rs := make([]pb.Recipient, 0, len(page))
 		for _, r := range page {
-			if r.Token != "" || a.Delivery.Provider == pb.ProviderLog {
+			if r.Token != "" { // tokenless users are counted as no_token, never sent
 				rs = append(rs, r.Recipient)
 			}
 		}

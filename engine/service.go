@@ -13,7 +13,7 @@ import (
 
 // CreateAutomation implements pb.Service.
 func (e *Engine) CreateAutomation(ctx context.Context, a *pb.Automation) (*pb.Automation, error) {
-	if err := a.NormalizeWith(e.Providers()); err != nil {
+	if err := a.NormalizeIn(e.Environment()); err != nil {
 		return nil, err
 	}
 	now := e.now()
@@ -43,7 +43,7 @@ func nextFireText(a *pb.Automation) string {
 
 // UpdateAutomation implements pb.Service.
 func (e *Engine) UpdateAutomation(ctx context.Context, id int64, a *pb.Automation) (*pb.Automation, error) {
-	if err := a.NormalizeWith(e.Providers()); err != nil {
+	if err := a.NormalizeIn(e.Environment()); err != nil {
 		return nil, err
 	}
 	a.ID = id
@@ -111,7 +111,7 @@ func scheduleAfterEdit(cur, a *pb.Automation, now time.Time) store.Schedule {
 
 // ApplyAutomation implements pb.Service.
 func (e *Engine) ApplyAutomation(ctx context.Context, a *pb.Automation) (*pb.Automation, pb.ApplyResult, error) {
-	if err := a.NormalizeWith(e.Providers()); err != nil {
+	if err := a.NormalizeIn(e.Environment()); err != nil {
 		return nil, "", err
 	}
 	var (
@@ -418,4 +418,12 @@ func (e *Engine) ListExecutions(ctx context.Context, f pb.ExecutionFilter) ([]*p
 // ListEvents implements pb.Service.
 func (e *Engine) ListEvents(ctx context.Context, f pb.EventFilter) ([]*pb.Event, error) {
 	return e.store.ListEvents(ctx, f)
+}
+
+// ListArtifacts implements pb.Service.
+func (e *Engine) ListArtifacts(ctx context.Context, id int64) ([]pb.Artifact, error) {
+	if _, err := e.store.GetExecutionRow(ctx, id, false); err != nil {
+		return nil, err
+	}
+	return e.store.Artifacts(ctx, id, e.now())
 }

@@ -38,6 +38,7 @@ func (s *server) routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /api/executions/{id}", s.handleGetExecution)
 	mux.HandleFunc("POST /api/executions/{id}/cancel", s.authorize(s.handleCancel))
 	mux.HandleFunc("GET /api/executions/{id}/events", s.handleListEvents("execution"))
+	mux.HandleFunc("GET /api/executions/{id}/artifacts", s.handleArtifacts)
 	mux.HandleFunc("GET /api/events", s.handleListEvents(""))
 
 	mux.HandleFunc("GET /api/schedule/preview", s.handleSchedulePreview)
@@ -323,6 +324,27 @@ func (s *server) handleCancel(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, ex)
+}
+
+// ArtifactList is the body of GET /api/executions/{id}/artifacts.
+type ArtifactList struct {
+	Artifacts []pb.Artifact `json:"artifacts"`
+}
+
+func (s *server) handleArtifacts(w http.ResponseWriter, r *http.Request) {
+	id, err := pathID(r)
+	var list []pb.Artifact
+	if err == nil {
+		list, err = s.svc.ListArtifacts(r.Context(), id)
+	}
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if list == nil {
+		list = []pb.Artifact{}
+	}
+	writeJSON(w, http.StatusOK, ArtifactList{Artifacts: list})
 }
 
 // EventList is the body of event listings, oldest first. Pass the last id

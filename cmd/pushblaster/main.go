@@ -15,6 +15,7 @@ import (
 	"syscall"
 
 	pb "github.com/pushblaster/pushblaster"
+	"github.com/pushblaster/pushblaster/audience"
 )
 
 func main() {
@@ -23,6 +24,10 @@ func main() {
 	err := run(ctx, os.Args[1:], os.Getenv, os.Stdin, os.Stdout, os.Stderr)
 	os.Exit(exitCode(err, os.Stderr))
 }
+
+// superviseCommand is the hidden subcommand that supervises an audience
+// script so that it dies with the engine.
+const superviseCommand = "__supervise"
 
 // errUsage marks a command-line mistake (exit status 2).
 var errUsage = errors.New("usage")
@@ -86,6 +91,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 	}
 	env := envFunc(getenv)
 	switch args[0] {
+	case superviseCommand:
+		// The engine runs audience scripts under this: not for people.
+		return exitError{audience.Supervise(args[1:])}
 	case "serve":
 		return runServe(ctx, args[1:], env, stdout, stderr)
 	case "demo":

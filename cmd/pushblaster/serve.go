@@ -28,6 +28,7 @@ type serveConfig struct {
 	rescueAfter     time.Duration
 	shutdownTimeout time.Duration
 	tokens          []string
+	audience        audienceConfig
 }
 
 func parseServe(args []string, env envFunc, stderr io.Writer) (*serveConfig, error) {
@@ -35,6 +36,7 @@ func parseServe(args []string, env envFunc, stderr io.Writer) (*serveConfig, err
 	fs := flagSet("serve", stderr, "serve [flags]")
 	c.db.register(fs, env)
 	c.log.register(fs, env)
+	c.audience.register(fs, env)
 	shutdown, err := envDuration(env, "PUSHBLASTER_SHUTDOWN_TIMEOUT", 30*time.Second)
 	if err != nil {
 		return nil, err
@@ -118,9 +120,15 @@ func runServe(ctx context.Context, args []string, env envFunc, stdout, stderr io
 	if len(applied) > 0 {
 		log.Info("migrations applied", "event", "db.migrate", "applied", applied)
 	}
+	ac, closeAudience, err := c.audience.build(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeAudience()
 	eng, err := be.newEngine(engine.Config{
 		InstanceID: c.instanceID, Logger: log, TickInterval: c.tickInterval,
 		PollInterval: c.pollInterval, MaxWorkers: c.maxWorkers, RescueAfter: c.rescueAfter,
+		Audience: ac,
 	})
 	if err != nil {
 		return err

@@ -1,0 +1,3 @@
+#!/bin/sh
+# env.sh: prints its whole environment (no PATH needed).
+exec /usr/bin/env
