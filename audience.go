@@ -2,6 +2,7 @@ package pushblaster
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"regexp"
@@ -93,10 +94,17 @@ func (a *Audience) UnmarshalJSON(b []byte) error {
 		StallTimeout json.RawMessage `json:"stall_timeout"`
 	}
 	shadow.plain = (*plain)(a)
-	if err := json.Unmarshal(b, &shadow); err != nil {
-		return err
-	}
 	a.decodeErrs = nil
+	if err := json.Unmarshal(b, &shadow); err != nil {
+		// A wrongly typed value is reported with its field, like every
+		// other invalid field, instead of ending the decoding.
+		var typ *json.UnmarshalTypeError
+		if !errors.As(err, &typ) || typ.Field == "" {
+			return err
+		}
+		a.decodeErrs = append(a.decodeErrs, FieldError{Field: "audience." + strings.ReplaceAll(typ.Field, "plain.", ""),
+			Message: fmt.Sprintf("is a JSON %s; expected %s", typ.Value, jsonKind(typ.Type))})
+	}
 	a.Timeout = decodeDuration(shadow.Timeout, "audience.timeout", &a.decodeErrs)
 	a.StallTimeout = decodeDuration(shadow.StallTimeout, "audience.stall_timeout", &a.decodeErrs)
 	return nil

@@ -122,7 +122,7 @@ func (a *Automation) UnmarshalJSON(b []byte) error {
 		if typ.Field == "" {
 			return Errorf(KindValidation, "an automation is a JSON object, not a JSON %s", typ.Value)
 		}
-		field := strings.TrimPrefix(typ.Field, "plain.")
+		field := strings.ReplaceAll(typ.Field, "plain.", "")
 		a.decodeErrs = append(a.decodeErrs, FieldError{Field: field,
 			Message: fmt.Sprintf("is a JSON %s; expected %s", typ.Value, jsonKind(typ.Type))})
 	}

@@ -154,16 +154,37 @@ func TestCancellationDeadlineWithinLead(t *testing.T) {
 	}
 }
 
-func TestNormalizeWithProviders(t *testing.T) {
+func TestNormalizeInEnvironment(t *testing.T) {
 	t.Parallel()
+	env := pb.Environment{Providers: []string{"log"}}
 	a, _ := pb.DecodeAutomation(strings.NewReader(strings.Replace(valid, `"provider": "log"`, `"provider": "fcm"`, 1)))
-	err := a.NormalizeWith([]string{"log"})
+	err := a.NormalizeIn(env)
 	if err == nil || !strings.Contains(err.Error(), `"fcm", which is not configured; configured providers: log`) {
 		t.Fatalf("unconfigured provider: %v", err)
 	}
 	b, _ := pb.DecodeAutomation(strings.NewReader(valid))
-	if err := b.NormalizeWith([]string{"log"}); err != nil {
+	if err := b.NormalizeIn(env); err != nil {
 		t.Fatal(err)
+	}
+	// Sources the server does not offer are refused when saved.
+	for body, want := range map[string]string{
+		`{"type": "script", "script": "x.sh"}`:                                      "--scripts-dir",
+		`{"type": "sql", "query": "SELECT 1"}`:                                      "--audience-database-url",
+		`{"type": "csv", "file": "lists/a.csv"}`:                                    "--data-dir",
+		`{"type": "script"}`:                                                        "audience.script: is required",
+		`{"type": "sql", "file": "x"}`:                                              "audience.file: does not apply to a sql audience",
+		`{"type": "script", "script": "x", "stall_timeout": "soon"}`:                "audience.stall_timeout",
+		`{"type": "script", "script": "x", "timeout": "1h"}`:                        "at most 9m",
+		`{"type": "static", "recipients": [{"user_id": "u"}], "max_growth": 0.5}`:   "at least 1",
+		`{"type": "static", "recipients": [{"user_id": "u"}], "on_empty": "shrug"}`: "complete or fail",
+	} {
+		c, err := pb.DecodeAutomation(strings.NewReader(strings.Replace(valid, `{"type": "static", "recipients": [{"user_id": "u1", "token": "t1"}]}`, body, 1)))
+		if err == nil {
+			err = c.NormalizeIn(env)
+		}
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("audience %s: %v, want %q", body, err, want)
+		}
 	}
 }
 
