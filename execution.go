@@ -184,3 +184,33 @@ type Artifact struct {
 	CreatedAt time.Time `json:"created_at"`
 	ExpiresAt time.Time `json:"expires_at"`
 }
+
+// BadRow is a malformed row of an audience source, with its line.
+type BadRow struct {
+	Line   int64  `json:"line"`
+	Reason string `json:"reason"`
+	Text   string `json:"text"`
+}
+
+// AudiencePreview is what phase 1 of an automation would produce now,
+// computed without sending anything.
+type AudiencePreview struct {
+	AutomationID      int64  `json:"automation_id"`
+	AutomationVersion int    `json:"automation_version"`
+	Type              string `json:"type"`
+	// Size counts recipients (devices) after de-duplication and token
+	// resolution.
+	Size              int64       `json:"size"`
+	NoToken           int64       `json:"no_token"`
+	DuplicatesRemoved int64       `json:"duplicates_removed"`
+	BadRows           int64       `json:"bad_rows"`
+	BadRowExamples    []BadRow    `json:"bad_row_examples,omitempty"`
+	Sample            []Recipient `json:"sample"`
+	Note              string      `json:"note,omitempty"`
+	// Error is what would fail the audience phase (a guard, a script
+	// error); the counts above are what was produced until then.
+	Error      *Error   `json:"error,omitempty"`
+	Stderr     string   `json:"stderr,omitempty"`
+	ExitStatus string   `json:"exit_status,omitempty"`
+	Elapsed    Duration `json:"elapsed"`
+}

@@ -74,6 +74,9 @@ type Service interface {
 	// kept (stderr, first and last rows, exit status, bad rows) that have
 	// not expired.
 	ListArtifacts(ctx context.Context, executionID int64) ([]Artifact, error)
+	// PreviewAudience runs phase 1 of automation id without sending and
+	// reports what the audience would be.
+	PreviewAudience(ctx context.Context, id int64) (*AudiencePreview, error)
 }
 
 // ApplyResult says what ApplyAutomation did.

@@ -19,6 +19,7 @@ package audience
 // the engine's environment; see Supervise).
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -92,6 +93,9 @@ func ResolveScript(dir, rel string) (string, error) {
 			return "", refuse("%q does not exist in the scripts directory %s (or is a symbolic link to nothing): check the name or copy the script there", rel, realDir)
 		}
 		return "", refuse("%q cannot be read (%v): fix the permissions of the script and of its directories", rel, scriptUnwrapPathError(err))
+	}
+	if realTarget == realDir {
+		return "", refuse("%q is a directory: name the script file inside it", rel)
 	}
 	if !scriptInside(realDir, realTarget) {
 		return "", refuse("%q leads to %s, outside the scripts directory %s: copy the script into the scripts directory instead of linking to it", rel, realTarget, realDir)
@@ -348,6 +352,13 @@ type scriptLiveness struct {
 	mu   sync.Mutex
 	last time.Time
 	busy bool // consume holds data and is not waiting in Read
+}
+
+// touch restarts the silence clock.
+func (l *scriptLiveness) touch() {
+	l.mu.Lock()
+	l.last = time.Now()
+	l.mu.Unlock()
 }
 
 // consumerGone: consume returned; it holds nothing any more.
@@ -653,7 +664,16 @@ func (r *scriptRun) run(ctx context.Context) (res ScriptResult, _ error) {
 	statusDone := make(chan scriptStatus, 1)
 	if supervised {
 		go func() {
-			b, _ := io.ReadAll(io.LimitReader(r.statusR, 64<<10))
+			// The script's silence starts when it does, not when the
+			// supervisor does.
+			var b []byte
+			sc := bufio.NewScanner(r.statusR)
+			for sc.Scan() {
+				if strings.HasPrefix(sc.Text(), "started ") {
+					r.live.touch()
+				}
+				b = append(append(b, sc.Bytes()...), '\n')
+			}
 			statusDone <- parseScriptStatus(b)
 		}()
 	} else {

@@ -70,7 +70,8 @@ func (e *Engine) Environment() pb.Environment {
 // in batches as they arrive, never held whole.
 type audienceRun struct {
 	e        *Engine
-	ex       *pb.Execution
+	list     store.List
+	ex       *pb.Execution // nil for a preview
 	a        *pb.Automation
 	log      *slog.Logger
 	batch    []pb.Recipient
@@ -101,7 +102,7 @@ func (r *audienceRun) flush(ctx context.Context) error {
 	if len(r.batch) == 0 {
 		return nil
 	}
-	n, err := r.e.store.WriteRecipients(ctx, r.ex.ID, r.batch)
+	n, err := r.e.store.WriteRecipients(ctx, r.list, r.batch)
 	if err != nil {
 		return err
 	}
@@ -118,34 +119,37 @@ func recipientOf(row audience.Row) pb.Recipient {
 // into the store (replacing what an earlier attempt wrote), resolves
 // missing tokens, applies the guards and keeps debug artefacts.
 func (e *Engine) generateAudience(ctx context.Context, ex *pb.Execution, a *pb.Automation, log *slog.Logger) outcome {
-	if err := e.store.DeleteRecipients(ctx, ex.ID); err != nil {
+	run := &audienceRun{e: e, list: store.ExecutionList(ex.ID), ex: ex, a: a, log: log, batch: make([]pb.Recipient, 0, audienceBatch)}
+	defer e.keepArtifacts(context.WithoutCancel(ctx), run)
+	return e.buildAudience(ctx, run)
+}
+
+// buildAudience fills run.list from the source, resolves tokens and
+// applies the guards: phase 1, for an execution or a preview.
+func (e *Engine) buildAudience(ctx context.Context, run *audienceRun) outcome {
+	a := run.a
+	if err := e.store.DeleteRecipients(ctx, run.list); err != nil {
 		return outcome{err: err}
 	}
-	run := &audienceRun{e: e, ex: ex, a: a, log: log, batch: make([]pb.Recipient, 0, audienceBatch)}
 	err := e.runSource(ctx, run)
 	if err == nil {
 		err = run.flush(ctx)
 	}
-	defer e.keepArtifacts(context.WithoutCancel(ctx), run)
+	m := map[string]int64{pb.MetricDuplicates: run.produced - run.inserted, pb.MetricBadRows: run.bad}
 	if err != nil {
-		return outcome{err: err}
+		return outcome{metrics: m, err: err}
 	}
 	if err := checkBadRows(run); err != nil {
-		return outcome{err: err}
+		return outcome{metrics: m, err: err}
 	}
 	if err := e.resolveTokens(ctx, run); err != nil {
-		return outcome{err: err}
+		return outcome{metrics: m, err: err}
 	}
-	total, noToken, err := e.store.CountRecipients(ctx, ex.ID)
+	total, noToken, err := e.store.CountRecipients(ctx, run.list)
 	if err != nil {
-		return outcome{err: err}
+		return outcome{metrics: m, err: err}
 	}
-	m := map[string]int64{
-		pb.MetricAudienceSize: total,
-		pb.MetricNoToken:      noToken,
-		pb.MetricDuplicates:   run.produced - run.inserted,
-		pb.MetricBadRows:      run.bad,
-	}
+	m[pb.MetricAudienceSize], m[pb.MetricNoToken] = total, noToken
 	if err := e.checkGrowth(ctx, run, total); err != nil {
 		return outcome{metrics: m, err: err}
 	}
@@ -171,6 +175,54 @@ func (e *Engine) generateAudience(ctx context.Context, ex *pb.Execution, a *pb.A
 	}
 	return outcome{metrics: m, note: note}
 }
+
+// PreviewAudience runs phase 1 of automation id without sending anything
+// and reports what the audience would be: size, tokens, duplicates, bad
+// rows, a sample, and the error that would fail the phase, if any.
+func (e *Engine) PreviewAudience(ctx context.Context, id int64) (*pb.AudiencePreview, error) {
+	a, err := e.store.GetAutomation(ctx, id, false)
+	if err != nil {
+		return nil, err
+	}
+	list, err := e.store.NewPreview(ctx, id, e.now())
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err := e.store.DeletePreview(context.WithoutCancel(ctx), list); err != nil {
+			e.log.Warn("cannot delete a preview's scratch list", "event", "preview.cleanup_error", "preview_id", list.ID, "error", err)
+		}
+	}()
+	start := time.Now()
+	log := e.log.With("automation_id", id, "preview_id", list.ID)
+	run := &audienceRun{e: e, list: list, a: a, log: log, batch: make([]pb.Recipient, 0, audienceBatch)}
+	out := e.buildAudience(ctx, run)
+	p := &pb.AudiencePreview{
+		AutomationID: a.ID, AutomationVersion: a.Version, Type: a.Audience.Type,
+		Size: out.metrics[pb.MetricAudienceSize], NoToken: out.metrics[pb.MetricNoToken],
+		DuplicatesRemoved: out.metrics[pb.MetricDuplicates], BadRows: out.metrics[pb.MetricBadRows],
+		Sample: []pb.Recipient{}, Note: out.note, Elapsed: pb.Duration(time.Since(start).Round(time.Millisecond)),
+		Stderr: run.stderr, ExitStatus: run.exit,
+	}
+	for _, b := range run.badRows {
+		p.BadRowExamples = append(p.BadRowExamples, pb.BadRow{Line: b.Line, Reason: b.Reason, Text: b.Text})
+	}
+	if out.err != nil {
+		p.Error = pb.AsError(out.err).WithPhase(pb.PhaseAudience)
+	}
+	sample, err := e.store.ListRecipients(context.WithoutCancel(ctx), list, 0, previewSample)
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range sample {
+		p.Sample = append(p.Sample, r.Recipient)
+	}
+	log.Info("audience previewed", "event", "audience.preview", "size", p.Size, "no_token", p.NoToken, "bad_rows", p.BadRows, "error", errString(out.err))
+	return p, nil
+}
+
+// previewSample is how many recipients a preview shows.
+const previewSample = 10
 
 // runSource streams the automation's audience source into run.
 func (e *Engine) runSource(ctx context.Context, run *audienceRun) error {
@@ -308,14 +360,20 @@ func errString(err error) string {
 // scriptEnv is the script's whole environment: a clean base, the
 // execution's identity, and the automation's allow-listed variables.
 func (e *Engine) scriptEnv(run *audienceRun) ([]string, error) {
+	execution, sendAt := "preview", ""
+	if run.ex != nil {
+		execution, sendAt = fmt.Sprint(run.ex.ID), run.ex.SendAt.Format(time.RFC3339)
+	} else if run.a.NextSendAt != nil {
+		sendAt = run.a.NextSendAt.Format(time.RFC3339)
+	}
 	env := []string{
 		"PATH=/usr/local/bin:/usr/bin:/bin",
 		"LANG=C.UTF-8",
 		"HOME=" + e.cfg.Audience.ScriptsDir,
-		"PUSHBLASTER_EXECUTION_ID=" + fmt.Sprint(run.ex.ID),
+		"PUSHBLASTER_EXECUTION_ID=" + execution,
 		"PUSHBLASTER_AUTOMATION_ID=" + fmt.Sprint(run.a.ID),
 		"PUSHBLASTER_AUTOMATION_NAME=" + run.a.Name,
-		"PUSHBLASTER_SEND_AT=" + run.ex.SendAt.Format(time.RFC3339),
+		"PUSHBLASTER_SEND_AT=" + sendAt,
 		"PUSHBLASTER_TIMEZONE=" + run.a.Schedule.Timezone,
 	}
 	names := make([]string, 0, len(run.a.Audience.Env))
@@ -358,7 +416,11 @@ func (e *Engine) checkGrowth(ctx context.Context, run *audienceRun, total int64)
 	if g <= 0 {
 		return nil
 	}
-	last, lastID, found, err := e.store.LastCompletedAudience(ctx, run.a.ID, run.ex.ID)
+	before := int64(1<<62 - 1) // a preview compares with the latest
+	if run.ex != nil {
+		before = run.ex.ID
+	}
+	last, lastID, found, err := e.store.LastCompletedAudience(ctx, run.a.ID, before)
 	if err != nil || !found || last <= 0 {
 		return err
 	}
@@ -378,7 +440,7 @@ func (e *Engine) resolveTokens(ctx context.Context, run *audienceRun) error {
 	}
 	var after int64
 	for {
-		page, err := e.store.TokenlessRecipients(ctx, run.ex.ID, after, tokenBatch)
+		page, err := e.store.TokenlessRecipients(ctx, run.list, after, tokenBatch)
 		if err != nil || len(page) == 0 {
 			return err
 		}
@@ -393,7 +455,7 @@ func (e *Engine) resolveTokens(ctx context.Context, run *audienceRun) error {
 		if err != nil {
 			return pb.WrapError(pb.KindExternal, err, "resolve device tokens")
 		}
-		if err := e.store.InTx(ctx, func(tx *store.Tx) error { return tx.AttachTokens(ctx, run.ex.ID, devices) }); err != nil {
+		if err := e.store.InTx(ctx, func(tx *store.Tx) error { return tx.AttachTokens(ctx, run.list, devices) }); err != nil {
 			return err
 		}
 	}
@@ -401,7 +463,7 @@ func (e *Engine) resolveTokens(ctx context.Context, run *audienceRun) error {
 
 // keepArtifacts stores the run's debugging evidence.
 func (e *Engine) keepArtifacts(ctx context.Context, run *audienceRun) {
-	if run.a.Audience.Type == pb.AudienceStatic {
+	if run.a.Audience.Type == pb.AudienceStatic || run.ex == nil {
 		return
 	}
 	now := e.now()
@@ -480,6 +542,9 @@ func (f *eventForwarder) flush() {
 	evs := f.pending
 	f.pending = nil
 	f.mu.Unlock()
+	if f.ex == nil {
+		return // a preview: its stderr comes back in the answer
+	}
 	ctx := context.Background()
 	for _, ev := range evs {
 		ev.AutomationID, ev.ExecutionID, ev.Phase = f.ex.AutomationID, f.ex.ID, pb.PhaseAudience
@@ -490,7 +555,7 @@ func (f *eventForwarder) flush() {
 func (f *eventForwarder) close() {
 	close(f.done)
 	f.wg.Wait()
-	if f.dropped > 0 {
+	if f.dropped > 0 && f.ex != nil {
 		f.e.recordEvent(context.Background(), &pb.Event{AutomationID: f.ex.AutomationID, ExecutionID: f.ex.ID, Phase: pb.PhaseAudience,
 			Type: pb.EventLog, Message: fmt.Sprintf("%d more stderr lines were not copied into events; the stderr artefact keeps the tail", f.dropped)})
 	}

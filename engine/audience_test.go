@@ -397,3 +397,43 @@ func TestCSVAudience(t *testing.T) {
 		t.Errorf("path outside the data directory: %v", err)
 	}
 }
+
+// TestAudiencePreview: phase 1 without sending: counts, a sample, the
+// error that would fail it, and no execution, no push.
+func TestAudiencePreview(t *testing.T) {
+	t.Parallel()
+	dir := scriptsDir(t, map[string]string{
+		"users.sh": "echo 'previewing' >&2\necho user_id,token,city\necho u1,t1,Berlin\necho u1,t1,Berlin\necho u2,,Paris\necho ,x,Rome\n",
+		"fails.sh": "echo 'no database' >&2\nexit 3\n",
+	})
+	forEachDialect(t, func(t *testing.T, dialect string) {
+		b := setup(t, dialect, withScripts(dir))
+		a := scriptAutomation("preview", "users.sh")
+		a.Audience.MaxBadRowRatio = ptr(0.5)
+		a = b.create(a)
+		p, err := b.eng.PreviewAudience(t.Context(), a.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.Size != 2 || p.NoToken != 1 || p.DuplicatesRemoved != 1 || p.BadRows != 1 || p.Error != nil ||
+			len(p.Sample) != 2 || p.Sample[0].Data["city"] != "Berlin" || len(p.BadRowExamples) != 1 || !strings.Contains(p.Stderr, "previewing") {
+			t.Fatalf("preview = %+v", p)
+		}
+		if list := b.executions(a.ID); len(list) != 0 || b.sender.total() != 0 {
+			t.Errorf("a preview created %d executions and sent %d pushes", len(list), b.sender.total())
+		}
+		// A second preview starts from nothing.
+		if p2, _ := b.eng.PreviewAudience(t.Context(), a.ID); p2.Size != 2 {
+			t.Errorf("second preview size = %d", p2.Size)
+		}
+
+		f := b.create(scriptAutomation("preview-fails", "fails.sh"))
+		p, err = b.eng.PreviewAudience(t.Context(), f.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.Error == nil || p.Error.Kind != pb.KindScript || !strings.Contains(p.Error.Message, "no database") {
+			t.Errorf("failing preview = %+v", p.Error)
+		}
+	})
+}

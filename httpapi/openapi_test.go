@@ -430,7 +430,7 @@ func TestOpenAPIEnumsMatchDomain(t *testing.T) {
 	sameSet(t, "Event.type", propertyEnum(t, doc, "Event", "type"), constValues(t, "execution.go", "EventType"))
 	sameSet(t, "Automation.mode", propertyEnum(t, doc, "Automation", "mode"), constValues(t, "automation.go", "Mode"))
 	sameSet(t, "Automation.overlap_policy", propertyEnum(t, doc, "Automation", "overlap_policy"), constValues(t, "automation.go", "OverlapPolicy"))
-	sameSet(t, "Audience.type", propertyEnum(t, doc, "Audience", "type"), []string{pb.AudienceStatic})
+	sameSet(t, "Audience.type", propertyEnum(t, doc, "Audience", "type"), []string{pb.AudienceStatic, pb.AudienceScript, pb.AudienceSQL, pb.AudienceCSV})
 	sameSet(t, "ApplyResponse.result", propertyEnum(t, doc, "ApplyResponse", "result"), constValues(t, "pushblaster.go", "ApplyResult"))
 
 	// The query parameter status takes the same values as Execution.status.

@@ -31,6 +31,7 @@ func (s *server) routes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /api/automations/{id}/pause", s.authorize(s.handlePause(true)))
 	mux.HandleFunc("POST /api/automations/{id}/resume", s.authorize(s.handlePause(false)))
 	mux.HandleFunc("POST /api/automations/{id}/run", s.authorize(s.handleRun))
+	mux.HandleFunc("POST /api/automations/{id}/audience/preview", s.authorize(s.handlePreview))
 	mux.HandleFunc("GET /api/automations/{id}/executions", s.handleListExecutions)
 	mux.HandleFunc("GET /api/automations/{id}/events", s.handleListEvents("automation"))
 
@@ -324,6 +325,19 @@ func (s *server) handleCancel(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, ex)
+}
+
+func (s *server) handlePreview(w http.ResponseWriter, r *http.Request) {
+	id, err := pathID(r)
+	var p *pb.AudiencePreview
+	if err == nil {
+		p, err = s.svc.PreviewAudience(r.Context(), id)
+	}
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, p)
 }
 
 // ArtifactList is the body of GET /api/executions/{id}/artifacts.

@@ -227,7 +227,7 @@ func interpretError(err error) error {
 // LoadRecipients implements store.BulkLoader: COPY into a temporary table,
 // then one INSERT … ON CONFLICT DO NOTHING drops repeated pairs. About ten
 // times faster than multi-row INSERTs for large audiences.
-func (c *conn) LoadRecipients(ctx context.Context, id int64, rs []pb.Recipient) (int64, error) {
+func (c *conn) LoadRecipients(ctx context.Context, table string, id int64, rs []pb.Recipient) (int64, error) {
 	tx, err := c.pool.Begin(ctx)
 	if err != nil {
 		return 0, interpretError(err)
@@ -247,7 +247,7 @@ func (c *conn) LoadRecipients(ctx context.Context, id int64, rs []pb.Recipient) 
 		return 0, interpretError(err)
 	}
 	tag, err := tx.Exec(ctx, `
-		INSERT INTO recipients (execution_id, user_id, token, platform, timezone, locale, data)
+		INSERT INTO `+table+` (execution_id, user_id, token, platform, timezone, locale, data)
 		SELECT $1, user_id, token, platform, timezone, locale, data FROM recipients_load
 		ON CONFLICT (execution_id, user_id, token) DO NOTHING`, id)
 	if err != nil {

@@ -15,16 +15,42 @@ import (
 // parameters per statement).
 const insertBatch = 500
 
-// DeleteRecipients removes an execution's recipients, so that a re-run
-// audience phase starts from nothing.
-func (o ops) DeleteRecipients(ctx context.Context, id int64) error {
-	_, err := o.q.Exec(ctx, `DELETE FROM recipients WHERE execution_id = $1`, id)
-	return dbErr(err, "delete recipients of execution %d", id)
+// List names a recipient list: an execution's, or a preview's scratch list
+// (same columns, its execution_id column holding the preview id).
+type List struct {
+	ID      int64
+	Preview bool
+}
+
+// ExecutionList is the recipient list of execution id.
+func ExecutionList(id int64) List { return List{ID: id} }
+
+// Table is the list's table.
+func (l List) Table() string {
+	if l.Preview {
+		return "preview_recipients"
+	}
+	return "recipients"
+}
+
+func (l List) String() string {
+	if l.Preview {
+		return fmt.Sprintf("preview %d", l.ID)
+	}
+	return fmt.Sprintf("execution %d", l.ID)
+}
+
+// DeleteRecipients empties a list, so that a re-run audience phase starts
+// from nothing.
+func (o ops) DeleteRecipients(ctx context.Context, l List) error {
+	_, err := o.q.Exec(ctx, `DELETE FROM `+l.Table()+` WHERE execution_id = $1`, l.ID)
+	return dbErr(err, "delete recipients of %s", l)
 }
 
 // InsertRecipients adds recipients to an execution and returns how many
 // were new: a repeated (user_id, token) pair is dropped.
-func (o ops) InsertRecipients(ctx context.Context, id int64, rs []pb.Recipient) (int64, error) {
+func (o ops) InsertRecipients(ctx context.Context, l List, rs []pb.Recipient) (int64, error) {
+	id := l.ID
 	const cols = 7
 	var inserted int64
 	for start := 0; start < len(rs); start += insertBatch {
@@ -33,7 +59,7 @@ func (o ops) InsertRecipients(ctx context.Context, id int64, rs []pb.Recipient) 
 			sb   strings.Builder
 			args = make([]any, 0, len(batch)*cols)
 		)
-		sb.WriteString(`INSERT INTO recipients (execution_id, user_id, token, platform, timezone, locale, data) VALUES `)
+		sb.WriteString(`INSERT INTO ` + l.Table() + ` (execution_id, user_id, token, platform, timezone, locale, data) VALUES `)
 		for i, r := range batch {
 			if i > 0 {
 				sb.WriteString(", ")
@@ -45,7 +71,7 @@ func (o ops) InsertRecipients(ctx context.Context, id int64, rs []pb.Recipient) 
 		sb.WriteString(` ON CONFLICT (execution_id, user_id, token) DO NOTHING`)
 		n, err := o.q.Exec(ctx, sb.String(), args...)
 		if err != nil {
-			return inserted, dbErr(err, "insert recipients of execution %d", id)
+			return inserted, dbErr(err, "insert recipients of %s", l)
 		}
 		inserted += n
 	}
@@ -64,23 +90,23 @@ func DataJSON(m map[string]string) any {
 // BulkLoader is implemented by Conns that load recipients faster than
 // multi-row INSERTs (PostgreSQL: COPY).
 type BulkLoader interface {
-	// LoadRecipients adds rs to execution id, dropping repeated (user_id,
-	// token) pairs, and returns how many were new.
-	LoadRecipients(ctx context.Context, id int64, rs []pb.Recipient) (int64, error)
+	// LoadRecipients adds rs to list id of table, dropping repeated
+	// (user_id, token) pairs, and returns how many were new.
+	LoadRecipients(ctx context.Context, table string, id int64, rs []pb.Recipient) (int64, error)
 }
 
 // WriteRecipients adds a batch of recipients to an execution in one
 // transaction (by COPY where the database has it) and returns how many were
 // new. Callers stream an audience through it batch by batch.
-func (s *Store) WriteRecipients(ctx context.Context, id int64, rs []pb.Recipient) (int64, error) {
+func (s *Store) WriteRecipients(ctx context.Context, l List, rs []pb.Recipient) (int64, error) {
 	if bl, ok := s.conn.(BulkLoader); ok && len(rs) >= insertBatch {
-		n, err := bl.LoadRecipients(ctx, id, rs)
-		return n, dbErr(err, "load recipients of execution %d", id)
+		n, err := bl.LoadRecipients(ctx, l.Table(), l.ID, rs)
+		return n, dbErr(err, "load recipients of %s", l)
 	}
 	var n int64
 	err := s.InTx(ctx, func(tx *Tx) error {
 		var err error
-		n, err = tx.InsertRecipients(ctx, id, rs)
+		n, err = tx.InsertRecipients(ctx, l, rs)
 		return err
 	})
 	return n, err
@@ -95,18 +121,24 @@ type StoredRecipient struct {
 // Recipients returns up to limit recipients of an execution with an id
 // above afterID, in id order.
 func (o ops) Recipients(ctx context.Context, id, afterID int64, limit int) ([]StoredRecipient, error) {
-	return o.recipientsWhere(ctx, "", id, afterID, limit)
+	return o.recipientsWhere(ctx, ExecutionList(id), "", afterID, limit)
+}
+
+// ListRecipients returns up to limit recipients of a list after afterID.
+func (o ops) ListRecipients(ctx context.Context, l List, afterID int64, limit int) ([]StoredRecipient, error) {
+	return o.recipientsWhere(ctx, l, "", afterID, limit)
 }
 
 // TokenlessRecipients returns up to limit recipients without a token, for
 // token resolution, in id order after afterID.
-func (o ops) TokenlessRecipients(ctx context.Context, id, afterID int64, limit int) ([]StoredRecipient, error) {
-	return o.recipientsWhere(ctx, ` AND token = ''`, id, afterID, limit)
+func (o ops) TokenlessRecipients(ctx context.Context, l List, afterID int64, limit int) ([]StoredRecipient, error) {
+	return o.recipientsWhere(ctx, l, ` AND token = ''`, afterID, limit)
 }
 
-func (o ops) recipientsWhere(ctx context.Context, cond string, id, afterID int64, limit int) ([]StoredRecipient, error) {
+func (o ops) recipientsWhere(ctx context.Context, l List, cond string, afterID int64, limit int) ([]StoredRecipient, error) {
+	id := l.ID
 	rows, err := o.q.Query(ctx, `
-		SELECT id, user_id, token, platform, timezone, locale, data FROM recipients
+		SELECT id, user_id, token, platform, timezone, locale, data FROM `+l.Table()+`
 		WHERE execution_id = $1 AND id > $2`+cond+` ORDER BY id LIMIT $3`, id, afterID, limit)
 	if err != nil {
 		return nil, dbErr(err, "read recipients of execution %d", id)
@@ -134,7 +166,8 @@ func (o ops) recipientsWhere(ctx context.Context, cond string, id, afterID int64
 // AttachTokens gives tokenless recipients their devices: one recipient
 // row per device (keeping the user's data), replacing the tokenless row. A
 // user without devices keeps its tokenless row (counted as no_token).
-func (o ops) AttachTokens(ctx context.Context, id int64, devices map[string][]pb.Device) error {
+func (o ops) AttachTokens(ctx context.Context, l List, devices map[string][]pb.Device) error {
+	id, table := l.ID, l.Table()
 	var (
 		users []string
 		vals  []string
@@ -157,19 +190,19 @@ func (o ops) AttachTokens(ctx context.Context, id int64, devices map[string][]pb
 	// "WHERE true" keeps SQLite from reading ON CONFLICT as a join clause.
 	_, err := o.q.Exec(ctx, `
 		WITH d(user_id, token, platform) AS (VALUES `+strings.Join(vals, ", ")+`)
-		INSERT INTO recipients (execution_id, user_id, token, platform, timezone, locale, data)
+		INSERT INTO `+table+` (execution_id, user_id, token, platform, timezone, locale, data)
 		SELECT r.execution_id, r.user_id, d.token, CASE WHEN d.platform = '' THEN r.platform ELSE d.platform END,
 		       r.timezone, r.locale, r.data
-		FROM recipients r JOIN d ON d.user_id = r.user_id
+		FROM `+table+` r JOIN d ON d.user_id = r.user_id
 		WHERE r.execution_id = $1 AND r.token = '' AND true
 		ON CONFLICT (execution_id, user_id, token) DO NOTHING`, args...)
 	if err != nil {
-		return dbErr(err, "attach tokens to recipients of execution %d", id)
+		return dbErr(err, "attach tokens to recipients of %s", l)
 	}
 	in, inArgs := stringList(users, 2)
-	_, err = o.q.Exec(ctx, `DELETE FROM recipients WHERE execution_id = $1 AND token = '' AND user_id IN (`+in+`)`,
+	_, err = o.q.Exec(ctx, `DELETE FROM `+table+` WHERE execution_id = $1 AND token = '' AND user_id IN (`+in+`)`,
 		append([]any{id}, inArgs...)...)
-	return dbErr(err, "drop tokenless rows of execution %d", id)
+	return dbErr(err, "drop tokenless rows of %s", l)
 }
 
 // stringList returns "$first, …" for vs, with the arguments.
@@ -185,10 +218,28 @@ func stringList(vs []string, first int) (string, []any) {
 
 // CountRecipients returns an execution's recipients and how many of them
 // have no token.
-func (o ops) CountRecipients(ctx context.Context, id int64) (total, noToken int64, err error) {
+func (o ops) CountRecipients(ctx context.Context, l List) (total, noToken int64, err error) {
 	err = o.q.QueryRow(ctx, `
-		SELECT count(*), count(*) FILTER (WHERE token = '') FROM recipients WHERE execution_id = $1`, id).Scan(&total, &noToken)
-	return total, noToken, dbErr(err, "count recipients of execution %d", id)
+		SELECT count(*), count(*) FILTER (WHERE token = '') FROM `+l.Table()+` WHERE execution_id = $1`, l.ID).Scan(&total, &noToken)
+	return total, noToken, dbErr(err, "count recipients of %s", l)
+}
+
+// NewPreview starts a scratch list for an audience preview of automation
+// automationID and returns it.
+func (o ops) NewPreview(ctx context.Context, automationID int64, now time.Time) (List, error) {
+	var id int64
+	err := o.q.QueryRow(ctx, `INSERT INTO previews (automation_id, created_at) VALUES ($1, $2) RETURNING id`,
+		automationID, Canon(now)).Scan(&id)
+	return List{ID: id, Preview: true}, dbErr(err, "start a preview of automation %d", automationID)
+}
+
+// DeletePreview removes a preview and its scratch list.
+func (o ops) DeletePreview(ctx context.Context, l List) error {
+	if err := o.DeleteRecipients(ctx, l); err != nil {
+		return err
+	}
+	_, err := o.q.Exec(ctx, `DELETE FROM previews WHERE id = $1`, l.ID)
+	return dbErr(err, "delete %s", l)
 }
 
 // LastCompletedAudience returns the audience size of the latest completed

@@ -32,6 +32,7 @@ func Run(t *testing.T, newStore func(t *testing.T) *store.Store) {
 	t.Run("AttachTokens", func(t *testing.T) { t.Parallel(); testAttachTokens(t, newStore(t)) })
 	t.Run("LastCompletedAudience", func(t *testing.T) { t.Parallel(); testLastAudience(t, newStore(t)) })
 	t.Run("Artifacts", func(t *testing.T) { t.Parallel(); testArtifacts(t, newStore(t)) })
+	t.Run("PreviewLists", func(t *testing.T) { t.Parallel(); testPreviewLists(t, newStore(t)) })
 }
 
 var t0 = time.Date(2026, 3, 8, 6, 30, 0, 0, time.UTC)
@@ -425,7 +426,7 @@ func testRecipients(t *testing.T, s *store.Store) {
 		rs = append(rs, pb.Recipient{UserID: fmt.Sprintf("u%04d", i), Token: "tok", Platform: "ios", Data: map[string]string{"n": fmt.Sprint(i)}})
 	}
 	rs = append(rs, rs[5], pb.Recipient{UserID: "u0005", Token: "other-device"})
-	n, err := s.InsertRecipients(ctx, e.ID, rs)
+	n, err := s.InsertRecipients(ctx, store.ExecutionList(e.ID), rs)
 	if err != nil || n != 1201 {
 		t.Fatalf("inserted %d, %v; want 1201 (one duplicate dropped)", n, err)
 	}
@@ -445,7 +446,7 @@ func testRecipients(t *testing.T, s *store.Store) {
 	if len(all) != 1201 || all[7].UserID != "u0007" || all[7].Data["n"] != "7" || all[7].Platform != "ios" {
 		t.Fatalf("paged %d recipients; #7 = %+v", len(all), all[7])
 	}
-	if err := s.DeleteRecipients(ctx, e.ID); err != nil {
+	if err := s.DeleteRecipients(ctx, store.ExecutionList(e.ID)); err != nil {
 		t.Fatal(err)
 	}
 	if page, _ := s.Recipients(ctx, e.ID, 0, 10); len(page) != 0 {
@@ -589,16 +590,16 @@ func testWriteRecipients(t *testing.T, s *store.Store) {
 		rs = append(rs, pb.Recipient{UserID: fmt.Sprintf("u%05d", i%2500), Token: fmt.Sprintf("t%05d", i%2500), Platform: "android",
 			Timezone: "Europe/Berlin", Locale: "de-DE", Data: map[string]string{"first_name": "Zoë", "quote": `say "hi"`}})
 	}
-	n, err := s.WriteRecipients(ctx, e.ID, rs)
+	n, err := s.WriteRecipients(ctx, store.ExecutionList(e.ID), rs)
 	if err != nil || n != 2500 {
 		t.Fatalf("first batch: %d new, %v; want 2500", n, err)
 	}
-	n, err = s.WriteRecipients(ctx, e.ID, rs[2000:])
+	n, err = s.WriteRecipients(ctx, store.ExecutionList(e.ID), rs[2000:])
 	if err != nil || n != 0 {
 		t.Fatalf("repeated batch: %d new, %v; want 0", n, err)
 	}
 	small := []pb.Recipient{{UserID: "solo"}, {UserID: "solo"}}
-	if n, err := s.WriteRecipients(ctx, e.ID, small); err != nil || n != 1 {
+	if n, err := s.WriteRecipients(ctx, store.ExecutionList(e.ID), small); err != nil || n != 1 {
 		t.Fatalf("small batch: %d new, %v; want 1", n, err)
 	}
 	page, err := s.Recipients(ctx, e.ID, 0, 1)
@@ -609,7 +610,7 @@ func testWriteRecipients(t *testing.T, s *store.Store) {
 	if r.Timezone != "Europe/Berlin" || r.Locale != "de-DE" || r.Data["first_name"] != "Zoë" || r.Data["quote"] != `say "hi"` {
 		t.Errorf("round trip lost data: %+v", r)
 	}
-	total, noToken, err := s.CountRecipients(ctx, e.ID)
+	total, noToken, err := s.CountRecipients(ctx, store.ExecutionList(e.ID))
 	if err != nil || total != 2501 || noToken != 1 {
 		t.Errorf("counts = %d, %d, %v; want 2501 and 1 without a token", total, noToken, err)
 	}
@@ -624,10 +625,10 @@ func testAttachTokens(t *testing.T, s *store.Store) {
 		{UserID: "none"},
 		{UserID: "has", Token: "kept"},
 	}
-	if _, err := s.WriteRecipients(ctx, e.ID, rs); err != nil {
+	if _, err := s.WriteRecipients(ctx, store.ExecutionList(e.ID), rs); err != nil {
 		t.Fatal(err)
 	}
-	tl, err := s.TokenlessRecipients(ctx, e.ID, 0, 10)
+	tl, err := s.TokenlessRecipients(ctx, store.ExecutionList(e.ID), 0, 10)
 	if err != nil || len(tl) != 2 {
 		t.Fatalf("tokenless = %v, %v", tl, err)
 	}
@@ -635,7 +636,7 @@ func testAttachTokens(t *testing.T, s *store.Store) {
 		"multi": {{Token: "phone"}, {Token: "tablet", Platform: "android"}},
 		"none":  nil,
 	}
-	err = s.InTx(ctx, func(tx *store.Tx) error { return tx.AttachTokens(ctx, e.ID, devices) })
+	err = s.InTx(ctx, func(tx *store.Tx) error { return tx.AttachTokens(ctx, store.ExecutionList(e.ID), devices) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -723,5 +724,49 @@ func testArtifacts(t *testing.T, s *store.Store) {
 	n, err := s.DeleteExpiredArtifacts(ctx, t0.Add(30*time.Minute))
 	if err != nil || n != 1 {
 		t.Errorf("deleted %d, %v; want 1", n, err)
+	}
+}
+
+func testPreviewLists(t *testing.T, s *store.Store) {
+	ctx := context.Background()
+	a := mustInsert(t, s, "a", store.Schedule{})
+	e := mustExecution(t, s, a, t0)
+	if _, err := s.WriteRecipients(ctx, store.ExecutionList(e.ID), []pb.Recipient{{UserID: "real", Token: "x"}}); err != nil {
+		t.Fatal(err)
+	}
+	p1, err := s.NewPreview(ctx, a.ID, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p2, _ := s.NewPreview(ctx, a.ID, t0)
+	if p1.ID == p2.ID || !p1.Preview {
+		t.Fatalf("previews %+v %+v", p1, p2)
+	}
+	var rs []pb.Recipient
+	for i := range 1500 {
+		rs = append(rs, pb.Recipient{UserID: fmt.Sprint(i % 1000)})
+	}
+	if n, err := s.WriteRecipients(ctx, p1, rs); err != nil || n != 1000 {
+		t.Fatalf("preview write: %d %v", n, err)
+	}
+	if err := s.InTx(ctx, func(tx *store.Tx) error {
+		return tx.AttachTokens(ctx, p1, map[string][]pb.Device{"7": {{Token: "a"}, {Token: "b"}}})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if total, noToken, err := s.CountRecipients(ctx, p1); err != nil || total != 1001 || noToken != 999 {
+		t.Fatalf("preview counts %d %d %v", total, noToken, err)
+	}
+	if total, _, _ := s.CountRecipients(ctx, p2); total != 0 {
+		t.Errorf("previews share rows")
+	}
+	if total, _, _ := s.CountRecipients(ctx, store.ExecutionList(e.ID)); total != 1 {
+		t.Errorf("a preview touched the execution's list: %d", total)
+	}
+	if err := s.DeletePreview(ctx, p1); err != nil {
+		t.Fatal(err)
+	}
+	if total, _, _ := s.CountRecipients(ctx, p1); total != 0 {
+		t.Errorf("deleted preview kept %d rows", total)
 	}
 }

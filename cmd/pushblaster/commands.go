@@ -261,6 +261,24 @@ var automationCommands = map[string]command{
 		fmt.Fprintf(x.stdout, "deleted automation %d (its history stays readable)\n", id)
 		return nil
 	}},
+	"preview": {synopsis: "preview ID|NAME [--json]   (run the audience phase without sending)", args: 1, run: func(ctx context.Context, x *cmdCtx) error {
+		id, err := x.c.automationID(ctx, x.args[0])
+		if err != nil {
+			return err
+		}
+		var p pb.AudiencePreview
+		if err := x.c.do(ctx, http.MethodPost, fmt.Sprintf("/api/automations/%d/audience/preview", id), nil, &p); err != nil {
+			return err
+		}
+		if x.cf.json {
+			return printJSON(x.stdout, &p)
+		}
+		printPreview(x.stdout, &p)
+		if p.Error != nil {
+			return exitError{1}
+		}
+		return nil
+	}},
 	"pause":  {synopsis: "pause ID|NAME", args: 1, run: pauseCmd(true)},
 	"resume": {synopsis: "resume ID|NAME", args: 1, run: pauseCmd(false)},
 	"run": {synopsis: "run ID|NAME [--send-at RFC3339]", args: 1, flags: func(x *flagSetExt) { x.sendAt = new(string) },
@@ -480,6 +498,27 @@ var executionCommands = map[string]command{
 			}
 			return x.printResult(&ex, fmt.Sprintf("execution %d cancelled in phase %s; sent so far: %d", ex.ID, ex.Phase, ex.Metrics[pb.MetricSent]))
 		}},
+	"artifacts": {synopsis: "artifacts ID [--json]   (stderr, first and last rows, exit status of the audience run)", args: 1,
+		run: func(ctx context.Context, x *cmdCtx) error {
+			id, err := x.executionID()
+			if err != nil {
+				return err
+			}
+			var list httpapi.ArtifactList
+			if err := x.c.do(ctx, http.MethodGet, "/api/executions/"+id+"/artifacts", nil, &list); err != nil {
+				return err
+			}
+			if x.cf.json {
+				return printJSON(x.stdout, list)
+			}
+			if len(list.Artifacts) == 0 {
+				fmt.Fprintln(x.stdout, "no artefacts (static audiences keep none; others expire after the retention period)")
+			}
+			for _, a := range list.Artifacts {
+				fmt.Fprintf(x.stdout, "== %s (kept until %s)\n%s\n\n", a.Name, a.ExpiresAt.Format(time.RFC3339), strings.TrimRight(a.Content, "\n"))
+			}
+			return nil
+		}},
 	"events": {synopsis: "events ID [--after N] [--json]", args: 1, flags: func(x *flagSetExt) { x.after = new(int64) },
 		run: func(ctx context.Context, x *cmdCtx) error {
 			id, err := x.executionID()
@@ -499,6 +538,33 @@ var executionCommands = map[string]command{
 			}
 			return nil
 		}},
+}
+
+func printPreview(w io.Writer, p *pb.AudiencePreview) {
+	fmt.Fprintf(w, "audience preview of automation %d (version %d, %s source), in %s\n\n", p.AutomationID, p.AutomationVersion, p.Type, p.Elapsed)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "recipients\t%d\n", p.Size)
+	fmt.Fprintf(tw, "without a token\t%d\n", p.NoToken)
+	fmt.Fprintf(tw, "duplicates removed\t%d\n", p.DuplicatesRemoved)
+	fmt.Fprintf(tw, "malformed rows\t%d\n", p.BadRows)
+	_ = tw.Flush()
+	for _, b := range p.BadRowExamples {
+		fmt.Fprintf(w, "  line %d: %s: %s\n", b.Line, b.Reason, b.Text)
+	}
+	if len(p.Sample) > 0 {
+		fmt.Fprintln(w, "\nsample:")
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "USER\tTOKEN\tPLATFORM\tTIMEZONE\tLOCALE\tDATA")
+		for _, r := range p.Sample {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%v\n", r.UserID, r.Token, r.Platform, r.Timezone, r.Locale, r.Data)
+		}
+		_ = tw.Flush()
+	}
+	if p.Error != nil {
+		fmt.Fprintf(w, "\nthe audience phase would FAIL (%s): %s\n", p.Error.Kind, p.Error.Message)
+	} else if p.Note != "" {
+		fmt.Fprintf(w, "\n%s\n", p.Note)
+	}
 }
 
 func executionNote(ex *pb.Execution) string {
