@@ -49,6 +49,14 @@ func (s *SQLSource) Stream(ctx context.Context, query string, timeout time.Durat
 	}
 	defer rows.Close()
 	fields := rows.FieldDescriptions()
+	if len(fields) == 0 {
+		// pgx reports some failures (a write in a read-only transaction)
+		// only when the rows are read.
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return st, sqlError(err, "run the audience query")
+		}
+	}
 	idx := map[string]int{}
 	for i, f := range fields {
 		name := strings.ToLower(f.Name)

@@ -16,6 +16,7 @@ import (
 	pb "github.com/pushblaster/pushblaster"
 	"github.com/pushblaster/pushblaster/audience"
 	"github.com/pushblaster/pushblaster/engine"
+	"github.com/pushblaster/pushblaster/internal/testdb"
 )
 
 // scriptsDir writes executable shell scripts into a fresh directory.
@@ -436,4 +437,58 @@ func TestAudiencePreview(t *testing.T) {
 			t.Errorf("failing preview = %+v", p.Error)
 		}
 	})
+}
+
+// TestSQLAudience: an sql audience streams a query's rows (read-only, with
+// a statement timeout); device tokens come from an sql token source; a bad
+// query and a writing query fail as validation, naming the problem.
+func TestSQLAudience(t *testing.T) {
+	t.Parallel()
+	adb := testdb.NewPostgres(t) // the customer's database, in a schema of its own
+	for _, q := range []string{
+		`CREATE TABLE users (id text, country text, active bool)`,
+		`INSERT INTO users VALUES ('u1', 'DE', true), ('u2', 'FR', true), ('u3', 'DE', false), ('u4', 'DE', true)`,
+		`CREATE TABLE devices (user_id text, token text, platform text)`,
+		`INSERT INTO devices VALUES ('u1', 'u1-phone', 'ios'), ('u1', 'u1-tablet', 'android'), ('u2', 'u2-phone', 'android')`,
+	} {
+		if _, err := adb.Pool.Exec(t.Context(), q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b := setup(t, "sqlite", func(c *engine.Config) {
+		c.Audience.SQL = &audience.SQLSource{Pool: adb.Pool}
+		c.Audience.Tokens = &audience.SQLTokens{Pool: adb.Pool, Query: `SELECT user_id, token, platform FROM devices WHERE user_id = ANY($1)`}
+		c.PhaseAttempts = 1
+	})
+	a := automation("sql")
+	a.LeadTime = pb.DurationOf(0)
+	a.Audience = pb.Audience{Type: pb.AudienceSQL, Query: `SELECT id AS user_id, country FROM users WHERE active ORDER BY id`}
+	ex := b.fireNow(b.create(a))
+	if ex.Status != pb.StatusCompleted || ex.Metrics[pb.MetricAudienceSize] != 4 || ex.Metrics[pb.MetricNoToken] != 1 || ex.Metrics[pb.MetricSent] != 3 {
+		t.Fatalf("%s %v", describe(ex), ex.Metrics)
+	}
+	if b.sender.count("u1") != 2 || b.sender.count("u2") != 1 || b.sender.count("u4") != 0 || b.sender.count("u3") != 0 {
+		t.Errorf("pushes: %v", b.sender.sent)
+	}
+
+	for name, c := range map[string]struct{ query, want string }{
+		"bad": {`SELECT id AS user_id FROM no_such_table`, `relation "no_such_table" does not exist`},
+		"writes": {`WITH x AS (DELETE FROM users RETURNING id) SELECT id AS user_id FROM x`, "read-only"},
+		"no user_id": {`SELECT id FROM users`, "no user_id column"},
+	} {
+		bad := automation("sql-" + name)
+		bad.LeadTime = pb.DurationOf(0)
+		bad.Schedule.Cron = "31 9 * * *"
+		bad.Audience = pb.Audience{Type: pb.AudienceSQL, Query: c.query}
+		bad = b.create(bad)
+		b.clock.Set(berlin(2026, 6, 1, 9, 31))
+		got := b.waitStatus(b.waitExecutions(bad.ID, 1)[0].ID, pb.StatusFailed)
+		if got.Error == nil || got.Error.Kind != pb.KindValidation || got.Error.Recoverable || !strings.Contains(got.Error.Message, c.want) {
+			t.Errorf("%s query: %+v", name, got.Error)
+		}
+	}
+	var n int
+	if err := adb.Pool.QueryRow(t.Context(), `SELECT count(*) FROM users`).Scan(&n); err != nil || n != 4 {
+		t.Errorf("the audience database changed: %d users, %v", n, err)
+	}
 }
