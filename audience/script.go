@@ -164,12 +164,12 @@ type ScriptSpec struct {
 	Supervisor []string
 }
 
-// Script runner defaults.
+// ScriptSpec defaults.
 const (
-	DefaultScriptTimeout         = 5 * time.Minute
-	DefaultScriptStallTimeout    = 2 * time.Minute
-	DefaultScriptHeartbeatEvery  = 10 * time.Second
-	DefaultScriptStderrTailBytes = 64 << 10
+	scriptDefaultTimeout         = 5 * time.Minute
+	scriptDefaultStallTimeout    = 2 * time.Minute
+	scriptDefaultHeartbeatEvery  = 10 * time.Second
+	scriptDefaultStderrTailBytes = 64 << 10
 )
 
 // Script runner internals.
@@ -192,24 +192,28 @@ const (
 	// output, the script probably exited and is the real cause; its exit
 	// is awaited this long before it is killed.
 	scriptConsumeExitGrace = time.Second
+	// scriptDrainGrace bounds the reading of what a stopped script left in
+	// its pipes.
+	scriptDrainGrace = time.Second
 	// scriptGoneLimit bounds the wait for a SIGKILLed group to disappear.
 	scriptGoneLimit = 10 * time.Second
 	// scriptExitTempFail is EX_TEMPFAIL: the script says "try again later".
 	scriptExitTempFail = 75
 )
 
+// withDefaults returns s with every zero limit set to its default.
 func (s ScriptSpec) withDefaults() ScriptSpec {
 	if s.Timeout <= 0 {
-		s.Timeout = DefaultScriptTimeout
+		s.Timeout = scriptDefaultTimeout
 	}
 	if s.StallTimeout <= 0 {
-		s.StallTimeout = DefaultScriptStallTimeout
+		s.StallTimeout = scriptDefaultStallTimeout
 	}
 	if s.HeartbeatEvery <= 0 {
-		s.HeartbeatEvery = DefaultScriptHeartbeatEvery
+		s.HeartbeatEvery = scriptDefaultHeartbeatEvery
 	}
 	if s.StderrTailBytes <= 0 {
-		s.StderrTailBytes = DefaultScriptStderrTailBytes
+		s.StderrTailBytes = scriptDefaultStderrTailBytes
 	}
 	return s
 }
@@ -252,6 +256,7 @@ type ScriptResult struct {
 // scriptStop says why the runner stopped a script.
 type scriptStop int
 
+// Why a script was stopped.
 const (
 	scriptStopNone scriptStop = iota
 	scriptStopCancelled
@@ -302,7 +307,10 @@ func RunScript(ctx context.Context, spec ScriptSpec, consume func(stdout io.Read
 	}
 	spec.Env = env
 	if err := ctx.Err(); err != nil {
-		return res, pb.Errorf(pb.KindAbort, "cancelled before the script started: %v", context.Cause(ctx)).With("reason", "cancelled")
+		if errors.Is(err, context.DeadlineExceeded) {
+			return res, pb.Errorf(pb.KindTimeout, "deadline exceeded before the script started").With("reason", "deadline")
+		}
+		return res, pb.Errorf(pb.KindAbort, "cancelled before the script started").With("reason", "cancelled")
 	}
 	r := &scriptRun{spec: spec, hooks: hooks, consume: consume}
 	return r.run(ctx)
@@ -341,7 +349,7 @@ type scriptRun struct {
 	live  scriptLiveness
 	err   scriptStderr
 
-	outR, errR, statusR *os.File
+	statusR *os.File // the supervisor's fd 3
 }
 
 // scriptLiveness tracks the last activity: any byte on stdout or stderr.
@@ -475,10 +483,7 @@ func (s *scriptStderr) flush() {
 func (s *scriptStderr) emit(truncated bool) {
 	b := bytes.TrimSuffix(s.line, []byte("\r"))
 	if truncated {
-		// Do not end in the middle of a UTF-8 sequence.
-		for k := 0; k < utf8.UTFMax && len(b) > 0 && !utf8.Valid(b[max(0, len(b)-utf8.UTFMax):]); k++ {
-			b = b[:len(b)-1]
-		}
+		b = b[:scriptCompleteRunes(b)]
 	}
 	line := string(b)
 	if truncated {
@@ -527,7 +532,8 @@ type scriptStatus struct {
 	startErr string // "error <message>"
 }
 
-func parseScriptStatus(b []byte) scriptStatus {
+// scriptParseStatus reads the supervisor's fd 3 report.
+func scriptParseStatus(b []byte) scriptStatus {
 	var st scriptStatus
 	for _, line := range strings.Split(string(b), "\n") {
 		if strings.HasPrefix(line, "started ") {
@@ -554,6 +560,7 @@ func scriptEnvPayload(enginePid int, env []string) []byte {
 	return b.Bytes()
 }
 
+// elapsed is the time since the start.
 func (r *scriptRun) elapsed() time.Duration { return time.Since(r.start) }
 
 func (r *scriptRun) run(ctx context.Context) (res ScriptResult, _ error) {
@@ -582,7 +589,6 @@ func (r *scriptRun) run(ctx context.Context) (res ScriptResult, _ error) {
 	if err != nil {
 		return res, pb.Errorf(pb.KindInternal, "script stderr pipe: %w", err)
 	}
-	r.outR, r.errR = outR, errR
 
 	cmd := &exec.Cmd{Dir: spec.Dir, Stdout: outW, Stderr: errW} // Stdin nil: /dev/null
 	var envW, envR, statusW *os.File
@@ -621,11 +627,11 @@ func (r *scriptRun) run(ctx context.Context) (res ScriptResult, _ error) {
 	}
 	if err != nil {
 		res.Elapsed = r.elapsed()
-		what := "the script"
-		if supervised {
-			what = "the script supervisor " + cmd.Path
+		if supervised { // the engine's setup, not the script
+			return res, pb.Errorf(pb.KindInternal, "could not start the script supervisor %s: %v", cmd.Path, scriptUnwrapPathError(err)).
+				With("elapsed", scriptRound(res.Elapsed).String())
 		}
-		return res, pb.Errorf(pb.KindScript, "could not start %s: %v", what, scriptUnwrapPathError(err)).
+		return res, pb.Errorf(pb.KindScript, "could not start the script: %v", scriptUnwrapPathError(err)).
 			With("elapsed", scriptRound(res.Elapsed).String())
 	}
 	// However run ends (a panicking hook included), the group dies and the
@@ -650,7 +656,7 @@ func (r *scriptRun) run(ctx context.Context) (res ScriptResult, _ error) {
 		for {
 			n, err := errR.Read(buf)
 			if n > 0 {
-				r.live.activity(false)
+				r.live.touch()
 				r.err.write(buf[:n])
 			}
 			if err != nil {
@@ -674,7 +680,7 @@ func (r *scriptRun) run(ctx context.Context) (res ScriptResult, _ error) {
 				}
 				b = append(append(b, sc.Bytes()...), '\n')
 			}
-			statusDone <- parseScriptStatus(b)
+			statusDone <- scriptParseStatus(b)
 		}()
 	} else {
 		statusDone <- scriptStatus{}
@@ -706,10 +712,11 @@ func (r *scriptRun) run(ctx context.Context) (res ScriptResult, _ error) {
 		supResend   *time.Ticker     // SIGTERM again, in case one came too early
 		supResendC  <-chan time.Time
 		pipesClosed bool
+		heldOpen    bool // the script had exited, but its output was held open
 	)
 	timeout := time.NewTimer(spec.Timeout)
 	defer timeout.Stop()
-	heartbeat := time.NewTicker(spec.HeartbeatEvery)
+	heartbeat := time.NewTicker(max(spec.HeartbeatEvery, 10*time.Millisecond))
 	defer heartbeat.Stop()
 	stallEvery := min(max(spec.StallTimeout/10, 10*time.Millisecond), time.Second)
 	stallTick := time.NewTicker(stallEvery)
@@ -725,7 +732,11 @@ func (r *scriptRun) run(ctx context.Context) (res ScriptResult, _ error) {
 		stop, stopErr, stopAt = why, cause, r.elapsed()
 		pendingErr, graceC = nil, nil
 		if exited == nil {
-			return // already exited: the leftovers are being killed anyway
+			// Already exited and its group gone: if its output stays
+			// silent but open, a process that left the group holds it (no
+			// supervisor to find it).
+			heldOpen = why == scriptStopStalled
+			return
 		}
 		if supervised {
 			// The supervisor kills the tree it reaps (setsid'd descendants
@@ -754,13 +765,16 @@ func (r *scriptRun) run(ctx context.Context) (res ScriptResult, _ error) {
 			}
 		}
 		if reaped && stop != scriptStopNone && !pipesClosed {
-			// Nothing more is wanted from the script; unblock the readers
-			// even if a process outside the group still holds a pipe.
+			// Nothing more is wanted from the script: what it wrote before
+			// it died is still read (the end of stderr, the supervisor's
+			// report), but a process outside the group that still holds a
+			// pipe cannot keep the readers waiting.
 			pipesClosed = true
-			outR.Close()
-			errR.Close()
-			if r.statusR != nil {
-				r.statusR.Close()
+			drainBy := time.Now().Add(scriptDrainGrace)
+			for _, f := range []*os.File{outR, errR, r.statusR} {
+				if f != nil {
+					f.SetReadDeadline(drainBy)
+				}
 			}
 		}
 		if reaped && consumed && stderrEnded && statusEnded {
@@ -849,6 +863,12 @@ func (r *scriptRun) run(ctx context.Context) (res ScriptResult, _ error) {
 		res.ExitCode, res.Signal = -1, status.signal
 	}
 	outErr := r.outcome(stop, stopErr, stopAt, stallCPU, status, res)
+	if heldOpen && outErr != nil {
+		if pe, ok := outErr.(*pb.Error); ok {
+			pe.With("detail", fmt.Sprintf("the script had exited (%s), but a process it started outside its process group kept its output open; run it with a supervisor to kill such processes too",
+				scriptExitText(res)))
+		}
+	}
 	if goneErr != nil {
 		e := pb.Errorf(pb.KindInternal, "%v", goneErr)
 		if outErr != nil {
@@ -981,16 +1001,35 @@ func scriptClip(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	s = s[:n]
-	for len(s) > 0 && !utf8.ValidString(s[max(0, len(s)-utf8.UTFMax):]) {
-		s = s[:len(s)-1]
-	}
-	return s + "…"
+	return s[:scriptCompleteRunes([]byte(s[:n]))] + "…"
 }
 
+// scriptCompleteRunes returns the length of b without an incomplete UTF-8
+// sequence at its end (as left by cutting it anywhere).
+func scriptCompleteRunes(b []byte) int {
+	for i := len(b) - 1; i >= 0 && i >= len(b)-utf8.UTFMax; i-- {
+		if utf8.RuneStart(b[i]) {
+			if utf8.FullRune(b[i:]) {
+				return len(b)
+			}
+			return i
+		}
+	}
+	return len(b)
+}
+
+// scriptIf returns s if cond holds, else "".
 func scriptIf(cond bool, s string) string {
 	if cond {
 		return s
 	}
 	return ""
+}
+
+// scriptExitText describes how the script ended: "status 0", "signal SIGKILL".
+func scriptExitText(res ScriptResult) string {
+	if res.Signal != "" {
+		return "signal " + res.Signal
+	}
+	return "status " + strconv.Itoa(res.ExitCode)
 }

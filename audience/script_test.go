@@ -1,3 +1,5 @@
+//go:build linux
+
 package audience
 
 import (
@@ -36,42 +38,45 @@ import (
 //     script (its arguments: the script's path and arguments) under the
 //     supervisor until it is SIGKILLed (TestScriptEngineCrash).
 const (
-	testSuperviseEnv  = "PUSHBLASTER_TEST_SUPERVISE"
-	testCrashChildEnv = "PUSHBLASTER_TEST_CRASH_CHILD"
+	scriptTestSuperviseEnv = "PUSHBLASTER_TEST_SUPERVISE"
+	scriptTestCrashEnv     = "PUSHBLASTER_TEST_CRASH_CHILD"
 )
 
+// TestMain makes the test binary a supervisor or a crashing engine when
+// asked to (see above), or runs the tests.
 func TestMain(m *testing.M) {
-	if os.Getenv(testSuperviseEnv) == "1" {
+	if os.Getenv(scriptTestSuperviseEnv) == "1" {
 		if i := slices.Index(os.Args, "--"); i > 0 {
 			os.Exit(Supervise(os.Args[i+1:]))
 		}
 	}
-	if os.Getenv(testCrashChildEnv) == "1" {
-		os.Exit(testCrashChild())
+	if os.Getenv(scriptTestCrashEnv) == "1" {
+		os.Exit(scriptCrashChild())
 	}
-	os.Setenv(testSuperviseEnv, "1")
+	os.Setenv(scriptTestSuperviseEnv, "1")
 	// A race-enabled supervisor would linger at exit for the race
 	// detector's atexit_sleep_ms (1 s), which short stall timeouts notice.
 	os.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 	os.Exit(m.Run())
 }
 
-// testCrashChild runs one script under the supervisor, forever (until the
+// scriptCrashChild runs one script under the supervisor, forever (until the
 // test SIGKILLs this process).
-func testCrashChild() int {
+func scriptCrashChild() int {
 	args := os.Args[1:]
 	_, err := RunScript(context.Background(), ScriptSpec{
-		Path: args[0], Dir: filepath.Dir(args[0]), Args: args[1:], Env: testEnv,
-		Timeout: time.Hour, StallTimeout: time.Hour, Supervisor: testSupervisor(),
-	}, discard, ScriptHooks{})
+		Path: args[0], Dir: filepath.Dir(args[0]), Args: args[1:], Env: scriptTestEnv,
+		Timeout: time.Hour, StallTimeout: time.Hour, Supervisor: scriptTestSupervisor(),
+	}, scriptDiscard, ScriptHooks{})
 	fmt.Fprintln(os.Stderr, "crash child: RunScript returned:", err)
 	return 3
 }
 
-// testEnv is the scripts' environment in most tests.
-var testEnv = []string{"PATH=/usr/bin:/bin", "LANG=C"}
+// scriptTestEnv is the scripts' environment in most tests.
+var scriptTestEnv = []string{"PATH=/usr/bin:/bin", "LANG=C"}
 
-func testSupervisor() []string {
+// scriptTestSupervisor is the Supervisor argv: this test binary.
+func scriptTestSupervisor() []string {
 	exe, err := os.Executable()
 	if err != nil {
 		exe = os.Args[0]
@@ -79,8 +84,8 @@ func testSupervisor() []string {
 	return []string{exe, "--"}
 }
 
-// scriptsDir is testdata/scripts, absolute.
-func scriptsDir(t testing.TB) string {
+// scriptTestDir is testdata/scripts, absolute.
+func scriptTestDir(t testing.TB) string {
 	dir, err := filepath.Abs(filepath.Join("testdata", "scripts"))
 	if err != nil {
 		t.Fatal(err)
@@ -88,8 +93,8 @@ func scriptsDir(t testing.TB) string {
 	return dir
 }
 
-// modes runs f as parallel subtests, with and without the supervisor.
-func modes(t *testing.T, f func(t *testing.T, supervisor []string)) {
+// scriptModes runs f as parallel subtests, with and without the supervisor.
+func scriptModes(t *testing.T, f func(t *testing.T, supervisor []string)) {
 	t.Helper()
 	if runtime.GOOS != "linux" {
 		t.Skip("audience scripts run on Linux only")
@@ -97,7 +102,7 @@ func modes(t *testing.T, f func(t *testing.T, supervisor []string)) {
 	for _, m := range []struct {
 		name string
 		sup  []string
-	}{{"direct", nil}, {"supervised", testSupervisor()}} {
+	}{{"direct", nil}, {"supervised", scriptTestSupervisor()}} {
 		t.Run(m.name, func(t *testing.T) {
 			t.Parallel()
 			f(t, m.sup)
@@ -105,27 +110,29 @@ func modes(t *testing.T, f func(t *testing.T, supervisor []string)) {
 	}
 }
 
-// spec is a ScriptSpec for testdata/scripts/name with generous limits.
-func spec(t *testing.T, name string, supervisor []string, args ...string) ScriptSpec {
+// scriptTestSpec is a ScriptSpec for testdata/scripts/name with generous limits.
+func scriptTestSpec(t *testing.T, name string, supervisor []string, args ...string) ScriptSpec {
 	t.Helper()
-	dir := scriptsDir(t)
+	dir := scriptTestDir(t)
 	path, err := ResolveScript(dir, name)
 	if err != nil {
 		t.Fatalf("ResolveScript(%s): %v", name, err)
 	}
-	return ScriptSpec{Path: path, Dir: dir, Args: args, Env: testEnv,
+	return ScriptSpec{Path: path, Dir: dir, Args: args, Env: scriptTestEnv,
 		Timeout: time.Minute, StallTimeout: 30 * time.Second, HeartbeatEvery: time.Minute, Supervisor: supervisor}
 }
 
-func discard(r io.Reader) error {
+// scriptDiscard is a consume that reads everything and keeps nothing.
+func scriptDiscard(r io.Reader) error {
 	_, err := io.Copy(io.Discard, r)
 	return err
 }
 
-// lineCounter is a consume that counts lines, and its Rows hook.
-type lineCounter struct{ n atomic.Int64 }
+// scriptLineCounter is a consume that counts lines, and its Rows hook.
+type scriptLineCounter struct{ n atomic.Int64 }
 
-func (c *lineCounter) consume(r io.Reader) error {
+// consume is the consume function.
+func (c *scriptLineCounter) consume(r io.Reader) error {
 	sc := bufio.NewScanner(r)
 	for sc.Scan() {
 		c.n.Add(1)
@@ -133,12 +140,13 @@ func (c *lineCounter) consume(r io.Reader) error {
 	return sc.Err()
 }
 
-func (c *lineCounter) rows() int64 { return c.n.Load() }
+// rows is the Rows hook.
+func (c *scriptLineCounter) rows() int64 { return c.n.Load() }
 
-// wantErr checks that err is a *pb.Error of kind with recoverable, whose
+// scriptWantErr checks that err is a *pb.Error of kind with recoverable, whose
 // message matches msg (a regular expression, anchored) and whose context
 // has ctx (a value "*" only needs the key).
-func wantErr(t *testing.T, err error, kind pb.Kind, recoverable bool, msg string, ctx map[string]string) *pb.Error {
+func scriptWantErr(t *testing.T, err error, kind pb.Kind, recoverable bool, msg string, ctx map[string]string) *pb.Error {
 	t.Helper()
 	var pe *pb.Error
 	if !errors.As(err, &pe) {
@@ -161,9 +169,9 @@ func wantErr(t *testing.T, err error, kind pb.Kind, recoverable bool, msg string
 	return pe
 }
 
-// running reports whether pid runs (a zombie does not: it is dead and only
+// scriptRunning reports whether pid runs (a zombie does not: it is dead and only
 // waits to be reaped by its parent, maybe init).
-func running(pid int) bool {
+func scriptRunning(pid int) bool {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
 		return false
@@ -172,8 +180,8 @@ func running(pid int) bool {
 	return ok && p.state != 'Z' && p.state != 'X'
 }
 
-// readPids reads a pid file of "name pid" lines.
-func readPids(t *testing.T, file string) map[string]int {
+// scriptReadPids reads a pid file of "name pid" lines.
+func scriptReadPids(t *testing.T, file string) map[string]int {
 	t.Helper()
 	b, err := os.ReadFile(file)
 	if err != nil {
@@ -191,8 +199,8 @@ func readPids(t *testing.T, file string) map[string]int {
 	return pids
 }
 
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, limit time.Duration, what string, cond func() bool) {
+// scriptEventually polls cond until it holds or the deadline passes.
+func scriptEventually(t *testing.T, limit time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.NewTimer(limit)
 	defer deadline.Stop()
@@ -207,7 +215,7 @@ func eventually(t *testing.T, limit time.Duration, what string, cond func() bool
 	}
 }
 
-func hasSetsid() bool {
+func scriptHasSetsid() bool {
 	_, err := exec.LookPath("setsid")
 	return err == nil
 }
@@ -215,11 +223,11 @@ func hasSetsid() bool {
 // 1. Slow but alive: a row every 200 ms, StallTimeout 1 s: no stall, and
 // heartbeats report progress.
 func TestScriptSlowButAlive(t *testing.T) {
-	modes(t, func(t *testing.T, sup []string) {
-		s := spec(t, "slow.sh", sup)
+	scriptModes(t, func(t *testing.T, sup []string) {
+		s := scriptTestSpec(t, "slow.sh", sup)
 		s.StallTimeout = time.Second
 		s.HeartbeatEvery = 100 * time.Millisecond
-		var c lineCounter
+		var c scriptLineCounter
 		var mu sync.Mutex
 		var beats []Heartbeat
 		var lines []string
@@ -257,16 +265,16 @@ func TestScriptSlowButAlive(t *testing.T) {
 // 2. Stalled: one row, then silence. The error says so, and says whether
 // the script was burning CPU (spinning) or not (hung).
 func TestScriptStalled(t *testing.T) {
-	modes(t, func(t *testing.T, sup []string) {
+	scriptModes(t, func(t *testing.T, sup []string) {
 		for _, c := range []struct {
 			script string
 			busy   bool
 		}{{"stall.sh", false}, {"spin.sh", true}} {
-			s := spec(t, c.script, sup)
+			s := scriptTestSpec(t, c.script, sup)
 			s.StallTimeout = 500 * time.Millisecond
-			var lc lineCounter
+			var lc scriptLineCounter
 			res, err := RunScript(context.Background(), s, lc.consume, ScriptHooks{Rows: lc.rows})
-			pe := wantErr(t, err, pb.KindTimeout, true, `stalled: no output for 500ms, \d+\.\d s CPU in that time`,
+			pe := scriptWantErr(t, err, pb.KindTimeout, true, `stalled: no output for 500ms, \d+\.\d s CPU in that time`,
 				map[string]string{"reason": "stalled", "exit_code": "-1", "signal": "SIGKILL", "elapsed": "*", "rows": "1"})
 			cpu, _ := strconv.ParseFloat(pe.Context["stall_cpu_seconds"], 64)
 			if c.busy && cpu <= 0 {
@@ -284,13 +292,13 @@ func TestScriptStalled(t *testing.T) {
 
 // 3. Timed out while chatty: a plain timeout, not a stall.
 func TestScriptTimeout(t *testing.T) {
-	modes(t, func(t *testing.T, sup []string) {
-		s := spec(t, "chatty.sh", sup)
+	scriptModes(t, func(t *testing.T, sup []string) {
+		s := scriptTestSpec(t, "chatty.sh", sup)
 		s.Timeout = 700 * time.Millisecond
 		s.StallTimeout = 20 * time.Second
-		var lc lineCounter
+		var lc scriptLineCounter
 		_, err := RunScript(context.Background(), s, lc.consume, ScriptHooks{Rows: lc.rows})
-		wantErr(t, err, pb.KindTimeout, true, `timed out after 700ms; \d+ rows, \d+ bytes of output so far`,
+		scriptWantErr(t, err, pb.KindTimeout, true, `timed out after 700ms; \d+ rows, \d+ bytes of output so far`,
 			map[string]string{"reason": "timeout", "exit_code": "-1", "signal": "SIGKILL", "elapsed": "*"})
 	})
 }
@@ -298,32 +306,40 @@ func TestScriptTimeout(t *testing.T) {
 // 4. Whatever the script started is gone when RunScript returns: a
 // background child always; one in a session of its own (setsid) too.
 func TestScriptGrandchildrenKilled(t *testing.T) {
-	modes(t, func(t *testing.T, sup []string) {
+	scriptModes(t, func(t *testing.T, sup []string) {
 		for _, setsid := range []bool{false, true} {
-			if setsid && !hasSetsid() {
-				t.Log("no setsid(1): skipping the detached grandchild")
+			if setsid && !scriptHasSetsid() {
+				t.Log("no setsid(1): skipping the detached grandchildren")
 				continue
 			}
 			pidfile := filepath.Join(t.TempDir(), "pids")
 			args := []string{pidfile}
 			if setsid {
 				args = append(args, "setsid")
+				if sup != nil {
+					// Only a subreaper can find a daemon whose parent is
+					// gone: without a supervisor it would escape.
+					args = append(args, "daemon")
+				}
 			}
-			s := spec(t, "grandchildren.sh", sup, args...)
+			s := scriptTestSpec(t, "grandchildren.sh", sup, args...)
 			s.Timeout = 3 * time.Second
-			_, err := RunScript(context.Background(), s, discard, ScriptHooks{})
-			wantErr(t, err, pb.KindTimeout, true, `timed out after 3s; \d+ bytes of output so far`,
+			_, err := RunScript(context.Background(), s, scriptDiscard, ScriptHooks{})
+			scriptWantErr(t, err, pb.KindTimeout, true, `timed out after 3s; \d+ bytes of output so far`,
 				map[string]string{"reason": "timeout", "stderr_tail": "waiting forever\n"})
-			pids := readPids(t, pidfile)
+			pids := scriptReadPids(t, pidfile)
 			names := []string{"script", "child"}
 			if setsid {
 				names = append(names, "detached")
+			}
+			if setsid && sup != nil {
+				names = append(names, "daemon")
 			}
 			if sup != nil {
 				names = append(names, "parent") // the supervisor
 			}
 			for _, name := range names {
-				if running(pids[name]) {
+				if scriptRunning(pids[name]) {
 					t.Errorf("setsid=%v: the %s (pid %d) still runs after RunScript returned", setsid, name, pids[name])
 					syscall.Kill(pids[name], syscall.SIGKILL)
 				}
@@ -339,13 +355,13 @@ func TestScriptEngineCrash(t *testing.T) {
 		t.Skip("audience scripts run on Linux only")
 	}
 	t.Parallel()
-	args := []string{spec(t, "grandchildren.sh", nil).Path, filepath.Join(t.TempDir(), "pids")}
-	if hasSetsid() {
-		args = append(args, "setsid")
+	args := []string{scriptTestSpec(t, "grandchildren.sh", nil).Path, filepath.Join(t.TempDir(), "pids")}
+	if scriptHasSetsid() {
+		args = append(args, "setsid", "daemon")
 	}
 	var out bytes.Buffer
-	engine := exec.Command(testSupervisor()[0], args...)
-	engine.Env = append(os.Environ(), testCrashChildEnv+"=1")
+	engine := exec.Command(scriptTestSupervisor()[0], args...)
+	engine.Env = append(os.Environ(), scriptTestCrashEnv+"=1")
 	engine.Stdout, engine.Stderr = &out, &out
 	if err := engine.Start(); err != nil {
 		t.Fatal(err)
@@ -356,7 +372,7 @@ func TestScriptEngineCrash(t *testing.T) {
 		engine.Process.Kill()
 		<-engineGone
 	}()
-	eventually(t, 30*time.Second, "recording its pids", func() bool {
+	scriptEventually(t, 30*time.Second, "recording its pids", func() bool {
 		select {
 		case <-engineGone:
 			t.Fatalf("the crash child exited early: %s", out.String())
@@ -365,10 +381,20 @@ func TestScriptEngineCrash(t *testing.T) {
 		_, err := os.Stat(args[1])
 		return err == nil
 	})
-	pids := readPids(t, args[1])
+	pids := scriptReadPids(t, args[1])
+	t.Cleanup(func() { // leave nothing behind, even when failing
+		if t.Failed() && pids["parent"] > 0 {
+			syscall.Kill(-pids["parent"], syscall.SIGKILL) // the supervisor's group
+		}
+		for _, pid := range pids {
+			if scriptRunning(pid) {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	})
 	for name, pid := range pids {
-		if !running(pid) {
-			t.Fatalf("the %s (pid %d) is not running before the crash", name, pid)
+		if !scriptRunning(pid) {
+			t.Fatalf("the %s (pid %d) is not scriptRunning before the crash", name, pid)
 		}
 	}
 	if err := engine.Process.Signal(syscall.SIGKILL); err != nil {
@@ -376,15 +402,15 @@ func TestScriptEngineCrash(t *testing.T) {
 	}
 	<-engineGone
 	for name, pid := range pids {
-		eventually(t, 15*time.Second, fmt.Sprintf("rid of the %s (pid %d)", name, pid), func() bool { return !running(pid) })
+		scriptEventually(t, 15*time.Second, fmt.Sprintf("rid of the %s (pid %d)", name, pid), func() bool { return !scriptRunning(pid) })
 	}
 }
 
 // 6. Cancelled mid-script: abort, and nothing left.
 func TestScriptCancel(t *testing.T) {
-	modes(t, func(t *testing.T, sup []string) {
+	scriptModes(t, func(t *testing.T, sup []string) {
 		pidfile := filepath.Join(t.TempDir(), "pids")
-		s := spec(t, "grandchildren.sh", sup, pidfile)
+		s := scriptTestSpec(t, "grandchildren.sh", sup, pidfile)
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		_, err := RunScript(ctx, s, func(r io.Reader) error {
@@ -396,11 +422,11 @@ func TestScriptCancel(t *testing.T) {
 			}
 			return sc.Err()
 		}, ScriptHooks{})
-		wantErr(t, err, pb.KindAbort, false, `cancelled after \S+; script killed`,
+		scriptWantErr(t, err, pb.KindAbort, false, `cancelled after \S+; script killed`,
 			map[string]string{"reason": "cancelled", "exit_code": "-1", "signal": "SIGKILL", "elapsed": "*"})
-		for name, pid := range readPids(t, pidfile) {
+		for name, pid := range scriptReadPids(t, pidfile) {
 			if name != "parent" || sup != nil {
-				if running(pid) {
+				if scriptRunning(pid) {
 					t.Errorf("the %s (pid %d) still runs after RunScript returned", name, pid)
 				}
 			}
@@ -411,15 +437,15 @@ func TestScriptCancel(t *testing.T) {
 // 7. Failures: a non-zero exit (75 is recoverable), a signal of its own, and
 // 137 that is an exit status, not a signal.
 func TestScriptExitStatus(t *testing.T) {
-	modes(t, func(t *testing.T, sup []string) {
+	scriptModes(t, func(t *testing.T, sup []string) {
 		for _, c := range []struct {
 			code        int
 			recoverable bool
 		}{{3, false}, {75, true}, {137, false}} {
-			s := spec(t, "exit.sh", sup, strconv.Itoa(c.code))
-			res, err := RunScript(context.Background(), s, discard, ScriptHooks{})
+			s := scriptTestSpec(t, "exit.sh", sup, strconv.Itoa(c.code))
+			res, err := RunScript(context.Background(), s, scriptDiscard, ScriptHooks{})
 			code := strconv.Itoa(c.code)
-			pe := wantErr(t, err, pb.KindScript, c.recoverable, `exited with status `+code+`: fatal: warehouse unreachable`,
+			pe := scriptWantErr(t, err, pb.KindScript, c.recoverable, `exited with status `+code+`: fatal: warehouse unreachable`,
 				map[string]string{"exit_code": code, "elapsed": "*",
 					"stderr_tail": "connecting to the warehouse\nfatal: warehouse unreachable\n"})
 			if _, ok := pe.Context["signal"]; ok {
@@ -433,9 +459,9 @@ func TestScriptExitStatus(t *testing.T) {
 }
 
 func TestScriptKilledBySignal(t *testing.T) {
-	modes(t, func(t *testing.T, sup []string) {
-		res, err := RunScript(context.Background(), spec(t, "segv.sh", sup), discard, ScriptHooks{})
-		wantErr(t, err, pb.KindScript, true, `killed by signal SIGSEGV`,
+	scriptModes(t, func(t *testing.T, sup []string) {
+		res, err := RunScript(context.Background(), scriptTestSpec(t, "segv.sh", sup), scriptDiscard, ScriptHooks{})
+		scriptWantErr(t, err, pb.KindScript, true, `killed by signal SIGSEGV`,
 			map[string]string{"signal": "SIGSEGV", "exit_code": "-1", "stderr_tail": "about to crash\n"})
 		if res.Signal != "SIGSEGV" || res.ExitCode != -1 {
 			t.Errorf("result %+v", res)
@@ -445,10 +471,10 @@ func TestScriptKilledBySignal(t *testing.T) {
 
 // A script that closes stdout but works on is waited for: its exit decides.
 func TestScriptClosesStdout(t *testing.T) {
-	modes(t, func(t *testing.T, sup []string) {
-		var lc lineCounter
-		_, err := RunScript(context.Background(), spec(t, "closes-stdout.sh", sup), lc.consume, ScriptHooks{})
-		wantErr(t, err, pb.KindScript, false, `exited with status 4: failed after closing stdout`, map[string]string{"exit_code": "4"})
+	scriptModes(t, func(t *testing.T, sup []string) {
+		var lc scriptLineCounter
+		_, err := RunScript(context.Background(), scriptTestSpec(t, "closes-stdout.sh", sup), lc.consume, ScriptHooks{})
+		scriptWantErr(t, err, pb.KindScript, false, `exited with status 4: failed after closing stdout`, map[string]string{"exit_code": "4"})
 		if lc.rows() != 1 {
 			t.Errorf("%d rows", lc.rows())
 		}
@@ -457,7 +483,7 @@ func TestScriptClosesStdout(t *testing.T) {
 
 // 8. consume's error stops the script; its kind is kept.
 func TestScriptConsumeError(t *testing.T) {
-	modes(t, func(t *testing.T, sup []string) {
+	scriptModes(t, func(t *testing.T, sup []string) {
 		for _, c := range []struct {
 			err  error
 			kind pb.Kind
@@ -466,7 +492,7 @@ func TestScriptConsumeError(t *testing.T) {
 			{errors.New("disk full"), pb.KindInternal},
 		} {
 			pidfile := filepath.Join(t.TempDir(), "pids")
-			s := spec(t, "chatty.sh", sup, pidfile)
+			s := scriptTestSpec(t, "chatty.sh", sup, pidfile)
 			res, err := RunScript(context.Background(), s, func(r io.Reader) error {
 				sc := bufio.NewScanner(r)
 				for n := 0; sc.Scan(); n++ {
@@ -476,11 +502,11 @@ func TestScriptConsumeError(t *testing.T) {
 				}
 				return errors.New("the script ended")
 			}, ScriptHooks{})
-			wantErr(t, err, c.kind, false, `script output: `+regexp.QuoteMeta(pb.AsError(c.err).Message), map[string]string{"elapsed": "*"})
+			scriptWantErr(t, err, c.kind, false, `script output: `+regexp.QuoteMeta(pb.AsError(c.err).Message), map[string]string{"elapsed": "*"})
 			if !errors.Is(err, c.err) {
 				t.Errorf("%v does not wrap %v", err, c.err)
 			}
-			if pid := readPids(t, pidfile)["script"]; running(pid) {
+			if pid := scriptReadPids(t, pidfile)["script"]; scriptRunning(pid) {
 				t.Errorf("the script (pid %d) still runs", pid)
 			}
 			if res.Signal != "SIGKILL" {
@@ -490,23 +516,76 @@ func TestScriptConsumeError(t *testing.T) {
 	})
 }
 
-// consume returning nil before the end of the output must not drop rows.
-func TestScriptConsumeStopsEarly(t *testing.T) {
-	modes(t, func(t *testing.T, sup []string) {
-		_, err := RunScript(context.Background(), spec(t, "chatty.sh", sup), func(r io.Reader) error {
-			_, err := r.Read(make([]byte, 1))
-			return err
-		}, ScriptHooks{})
-		wantErr(t, err, pb.KindInternal, false, `script output: the script's output was not read to the end .*`, nil)
+// When consume fails at the end of the output (a truncated last row, say)
+// and the script then exits non-zero, the script's failure is the cause.
+func TestScriptConsumeErrorAtEnd(t *testing.T) {
+	scriptModes(t, func(t *testing.T, sup []string) {
+		for _, code := range []int{3, 0} {
+			truncated := pb.Errorf(pb.KindValidation, "last row truncated")
+			_, err := RunScript(context.Background(), scriptTestSpec(t, "exit.sh", sup, strconv.Itoa(code)), func(r io.Reader) error {
+				if _, err := io.Copy(io.Discard, r); err != nil {
+					return err
+				}
+				return truncated
+			}, ScriptHooks{})
+			if code == 0 {
+				scriptWantErr(t, err, pb.KindValidation, false, `script output: last row truncated`, map[string]string{"exit_code": "0"})
+				continue
+			}
+			scriptWantErr(t, err, pb.KindScript, false, `exited with status 3: fatal: warehouse unreachable`,
+				map[string]string{"exit_code": "3", "consume_error": truncated.Error()})
+		}
 	})
 }
 
-// 9. The script's environment is exactly spec.Env: nothing of the engine's
+// A daemon that escapes the process group keeps the output open. The
+// supervisor (a subreaper) finds and kills it; without one the run can only
+// end by stalling, and the error says why.
+func TestScriptDaemonHoldsOutput(t *testing.T) {
+	if !scriptHasSetsid() {
+		t.Skip("no setsid(1)")
+	}
+	scriptModes(t, func(t *testing.T, sup []string) {
+		pidfile := filepath.Join(t.TempDir(), "pids")
+		s := scriptTestSpec(t, "daemon.sh", sup, pidfile)
+		s.StallTimeout = 1500 * time.Millisecond
+		_, err := RunScript(context.Background(), s, scriptDiscard, ScriptHooks{})
+		daemon := scriptReadPids(t, pidfile)["daemon"]
+		if sup != nil {
+			if err != nil {
+				t.Errorf("RunScript: %v", err)
+			}
+			if scriptRunning(daemon) {
+				t.Errorf("the daemon (pid %d) still runs", daemon)
+			}
+		} else {
+			scriptWantErr(t, err, pb.KindTimeout, true, `stalled: no output for 1.5s, .*`,
+				map[string]string{"reason": "stalled", "exit_code": "0",
+					"detail": "the script had exited (status 0), but a process it started outside its process group kept its output open; run it with a supervisor to kill such processes too"})
+		}
+		if scriptRunning(daemon) {
+			syscall.Kill(daemon, syscall.SIGKILL) // the documented limit of scriptRunning without a supervisor
+		}
+	})
+}
+
+// consume returning nil before the end of the output must not drop rows.
+func TestScriptConsumeStopsEarly(t *testing.T) {
+	scriptModes(t, func(t *testing.T, sup []string) {
+		_, err := RunScript(context.Background(), scriptTestSpec(t, "chatty.sh", sup), func(r io.Reader) error {
+			_, err := r.Read(make([]byte, 1))
+			return err
+		}, ScriptHooks{})
+		scriptWantErr(t, err, pb.KindInternal, false, `script output: the script's output was not read to the end .*`, nil)
+	})
+}
+
+// 9. The script's environment is exactly scriptTestSpec.Env: nothing of the engine's
 // (no HOME, no PATH), nothing of the supervisor's.
 func TestScriptCleanEnvironment(t *testing.T) {
 	t.Setenv("PUSHBLASTER_TEST_LEAK", "engine secret") // not parallel: the engine's environment changes
-	for _, sup := range [][]string{nil, testSupervisor()} {
-		s := spec(t, "env.sh", sup)
+	for _, sup := range [][]string{nil, scriptTestSupervisor()} {
+		s := scriptTestSpec(t, "env.sh", sup)
 		s.Env = []string{"PWD=" + s.Dir, "AUDIENCE_TOKEN=s3cret", "GREETING=hello world", "EMPTY=", "DUP=first", "DUP=last"}
 		var out bytes.Buffer
 		_, err := RunScript(context.Background(), s, func(r io.Reader) error {
@@ -528,12 +607,12 @@ func TestScriptCleanEnvironment(t *testing.T) {
 
 // stderr lines are capped, the tail is bounded.
 func TestScriptStderrLines(t *testing.T) {
-	modes(t, func(t *testing.T, sup []string) {
-		s := spec(t, "longline.sh", sup)
+	scriptModes(t, func(t *testing.T, sup []string) {
+		s := scriptTestSpec(t, "longline.sh", sup)
 		s.StderrTailBytes = 100
 		var mu sync.Mutex
 		var lines []string
-		res, err := RunScript(context.Background(), s, discard, ScriptHooks{Stderr: func(l string) { mu.Lock(); lines = append(lines, l); mu.Unlock() }})
+		res, err := RunScript(context.Background(), s, scriptDiscard, ScriptHooks{Stderr: func(l string) { mu.Lock(); lines = append(lines, l); mu.Unlock() }})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -548,6 +627,43 @@ func TestScriptStderrLines(t *testing.T) {
 	})
 }
 
+// Lines are split whatever the chunks, and a long one is cut on a character
+// boundary.
+func TestScriptStderrSplit(t *testing.T) {
+	t.Parallel()
+	var lines []string
+	s := &scriptStderr{max: 8, onLine: func(l string) { lines = append(lines, l) }}
+	long := strings.Repeat("x", scriptMaxStderrLine-1) + "é" + strings.Repeat("y", 10) // é straddles the cap
+	input := "a\r\nbb\n\n" + long + "\nlast"
+	for i := 0; i < len(input); i += 7 { // odd chunks
+		s.write([]byte(input[i:min(i+7, len(input))]))
+	}
+	s.flush()
+	want := []string{"a", "bb", "", strings.Repeat("x", scriptMaxStderrLine-1) + scriptTruncatedMark, "last"}
+	if !slices.Equal(lines, want) {
+		t.Errorf("lines %.80q", lines)
+	}
+	if s.last() != "last" || s.tailString(100) != "yyy\nlast" {
+		t.Errorf("last %q, tail %q", s.last(), s.tailString(100))
+	}
+}
+
+// A script the kernel cannot execute (no "#!" line) is a script error.
+func TestScriptCannotStart(t *testing.T) {
+	scriptModes(t, func(t *testing.T, sup []string) {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, "noshebang.sh"), []byte("echo u1\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		path, err := ResolveScript(dir, "noshebang.sh")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = RunScript(context.Background(), ScriptSpec{Path: path, Dir: dir, Env: scriptTestEnv, Supervisor: sup}, scriptDiscard, ScriptHooks{})
+		scriptWantErr(t, err, pb.KindScript, false, `could not start the script: .*exec format error`, map[string]string{"elapsed": "*"})
+	})
+}
+
 // A supervisor that is not started by RunScript refuses to run anything.
 func TestSuperviseWithoutRunner(t *testing.T) {
 	if runtime.GOOS != "linux" {
@@ -555,7 +671,7 @@ func TestSuperviseWithoutRunner(t *testing.T) {
 	}
 	t.Parallel()
 	marker := filepath.Join(t.TempDir(), "ran")
-	cmd := exec.Command(testSupervisor()[0], "--", "/bin/sh", "-c", "echo > "+marker)
+	cmd := exec.Command(scriptTestSupervisor()[0], "--", "/bin/sh", "-c", "echo > "+marker)
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != supExitFailed || !strings.Contains(string(out), "no environment on fd 4") {
@@ -573,9 +689,9 @@ func TestScriptWrongSupervisor(t *testing.T) {
 		t.Skip("audience scripts run on Linux only")
 	}
 	t.Parallel()
-	s := spec(t, "exit.sh", []string{"/bin/true"}, "0")
-	_, err := RunScript(context.Background(), s, discard, ScriptHooks{})
-	wantErr(t, err, pb.KindInternal, false, `the supervisor "/bin/true" exited \(status 0\) without starting the script: .*`, nil)
+	s := scriptTestSpec(t, "exit.sh", []string{"/bin/true"}, "0")
+	_, err := RunScript(context.Background(), s, scriptDiscard, ScriptHooks{})
+	scriptWantErr(t, err, pb.KindInternal, false, `the supervisor "/bin/true" exited \(status 0\) without starting the script: .*`, nil)
 }
 
 // 10. ResolveScript refuses whatever could run something outside the
@@ -668,7 +784,7 @@ func TestResolveScript(t *testing.T) {
 // Every script in testdata is executable (git keeps the mode).
 func TestResolveScriptTestdata(t *testing.T) {
 	t.Parallel()
-	dir := scriptsDir(t)
+	dir := scriptTestDir(t)
 	names, err := filepath.Glob(filepath.Join(dir, "*.sh"))
 	if err != nil || len(names) == 0 {
 		t.Fatalf("%v %v", names, err)

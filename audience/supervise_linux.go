@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -119,20 +120,11 @@ func (c *scriptChild) leftovers() []int {
 		left = append(left, p.pid)
 	}
 	for _, k := range c.killed {
-		if p, ok := scriptReadStat(k.pid); ok && p.start == k.start && p.state != 'Z' && p.state != 'X' && !containsInt(left, p.pid) {
+		if p, ok := scriptReadStat(k.pid); ok && p.start == k.start && p.state != 'Z' && p.state != 'X' && !slices.Contains(left, p.pid) {
 			left = append(left, p.pid)
 		}
 	}
 	return left
-}
-
-func containsInt(s []int, v int) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 // waitGroupGone waits, while the leader is still unreaped, until nothing of
@@ -382,6 +374,7 @@ var scriptSignalNames = map[syscall.Signal]string{
 	syscall.SIGWINCH: "SIGWINCH", syscall.SIGXCPU: "SIGXCPU", syscall.SIGXFSZ: "SIGXFSZ",
 }
 
+// scriptSignalName names s the way operators know it: "SIGSEGV".
 func scriptSignalName(s syscall.Signal) string {
 	if n, ok := scriptSignalNames[s]; ok {
 		return n

@@ -472,8 +472,8 @@ func TestSQLAudience(t *testing.T) {
 	}
 
 	for name, c := range map[string]struct{ query, want string }{
-		"bad": {`SELECT id AS user_id FROM no_such_table`, `relation "no_such_table" does not exist`},
-		"writes": {`WITH x AS (DELETE FROM users RETURNING id) SELECT id AS user_id FROM x`, "read-only"},
+		"bad":        {`SELECT id AS user_id FROM no_such_table`, `relation "no_such_table" does not exist`},
+		"writes":     {`WITH x AS (DELETE FROM users RETURNING id) SELECT id AS user_id FROM x`, "read-only"},
 		"no user_id": {`SELECT id FROM users`, "no user_id column"},
 	} {
 		bad := automation("sql-" + name)

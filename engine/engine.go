@@ -69,6 +69,8 @@ type Engine struct {
 	senders map[string]pb.Sender
 
 	mu       sync.Mutex
+	stopTick context.CancelFunc
+	ticking  sync.WaitGroup
 	running  map[int64]context.CancelCauseFunc // execution id → its running phase
 	versions map[versionKey]*pb.Automation     // automation versions are immutable
 	stopped  chan struct{}
@@ -99,9 +101,6 @@ func New[TDriver riverdriver.Driver[TTx], TTx any](st *store.Store, driver TDriv
 		e.senders[name] = s
 	}
 	workers := river.NewWorkers()
-	if err := river.AddWorkerSafely(workers, &tickWorker{e: e}); err != nil {
-		return nil, pb.Errorf(pb.KindInternal, "register tick worker: %v", err)
-	}
 	if err := river.AddWorkerSafely(workers, &phaseWorker{e: e}); err != nil {
 		return nil, pb.Errorf(pb.KindInternal, "register phase worker: %v", err)
 	}
@@ -119,10 +118,6 @@ func New[TDriver riverdriver.Driver[TTx], TTx any](st *store.Store, driver TDriv
 		JobTimeout:           time.Minute,
 		Middleware:           []rivertype.Middleware{&dueAtMiddleware{}},
 		PeriodicJobs: []*river.PeriodicJob{river.NewPeriodicJob(
-			river.PeriodicInterval(cfg.TickInterval),
-			func() (river.JobArgs, *river.InsertOpts) { return tickArgs{}, nil },
-			&river.PeriodicJobOpts{RunOnStart: true, ID: "tick"},
-		), river.NewPeriodicJob(
 			river.PeriodicInterval(time.Hour),
 			func() (river.JobArgs, *river.InsertOpts) { return janitorArgs{}, nil },
 			&river.PeriodicJobOpts{RunOnStart: true, ID: "janitor"},
@@ -209,6 +204,10 @@ func (e *Engine) Start(ctx context.Context) error {
 	if err := e.jobs.start(context.WithoutCancel(ctx)); err != nil {
 		return pb.WrapError(pb.KindDatabase, err, "start River")
 	}
+	tickCtx, stopTick := context.WithCancel(context.WithoutCancel(ctx))
+	e.stopTick = stopTick
+	e.ticking.Add(1)
+	go func() { defer e.ticking.Done(); e.tickLoop(tickCtx) }()
 	e.started = true
 	e.log.Info("engine started", "event", "engine.start", "tick_interval", e.cfg.TickInterval.String())
 	return nil
@@ -224,7 +223,11 @@ func (e *Engine) Stop(ctx context.Context) error {
 		return nil
 	}
 	e.started = false
+	stopTick := e.stopTick
 	e.mu.Unlock()
+	// No new fires from here on.
+	stopTick()
+	e.ticking.Wait()
 	e.log.Info("engine stopping: finishing running jobs", "event", "engine.stop")
 	err := e.jobs.stop(ctx)
 	if (err != nil && errors.Is(err, context.DeadlineExceeded)) || ctx.Err() != nil {

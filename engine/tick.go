@@ -6,37 +6,42 @@ import (
 	"sync"
 	"time"
 
-	"github.com/riverqueue/river"
-	"github.com/riverqueue/river/rivertype"
-
 	pb "github.com/pushblaster/pushblaster"
 	"github.com/pushblaster/pushblaster/store"
 )
 
-// tickArgs is the scheduler tick, a River periodic job.
-type tickArgs struct{}
-
-func (tickArgs) Kind() string { return "pushblaster.tick" }
-
-// InsertOpts keeps at most one tick waiting: ticks that pile up while the
-// database is slow would only repeat each other.
-func (tickArgs) InsertOpts() river.InsertOpts {
-	return river.InsertOpts{UniqueOpts: river.UniqueOpts{ByState: []rivertype.JobState{
-		rivertype.JobStateAvailable, rivertype.JobStatePending, rivertype.JobStateRetryable,
-		rivertype.JobStateRunning, rivertype.JobStateScheduled,
-	}}}
-}
-
-type tickWorker struct {
-	river.WorkerDefaults[tickArgs]
-	e *Engine
-}
-
-func (w *tickWorker) Timeout(*river.Job[tickArgs]) time.Duration { return time.Minute }
-
-func (w *tickWorker) Work(ctx context.Context, _ *river.Job[tickArgs]) error {
-	_, err := w.e.Tick(ctx)
-	return err
+// tickLoop ticks every TickInterval until ctx ends. Every instance ticks:
+// the per-automation row lock (SKIP LOCKED) and the unique send time make
+// concurrent ticks safe, and no fire waits for a leader election (River's
+// periodic jobs run on the leader only and pause while it changes).
+func (e *Engine) tickLoop(ctx context.Context) {
+	t := time.NewTicker(e.cfg.TickInterval)
+	defer t.Stop()
+	var failingSince time.Time
+	var lastReport time.Time
+	for {
+		_, err := e.Tick(ctx)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			// Tick logged it; say once in a while that it goes on.
+			if failingSince.IsZero() {
+				failingSince = time.Now()
+			}
+			if time.Since(lastReport) > 30*time.Second {
+				lastReport = time.Now()
+				e.log.Error("scheduler cannot tick; fires wait (and run within their catch-up window once it can)",
+					"event", "tick.failing", "since", failingSince, "error", err)
+			}
+		case err == nil && !failingSince.IsZero():
+			e.log.Info("scheduler ticks again", "event", "tick.recovered", "failed_for", time.Since(failingSince).Round(time.Second).String())
+			failingSince, lastReport = time.Time{}, time.Time{}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // TickResult counts what a tick did.
@@ -60,7 +65,9 @@ func (e *Engine) Tick(ctx context.Context) (TickResult, error) {
 	now := e.now()
 	ids, err := e.store.DueAutomationIDs(ctx, now, tickBatch)
 	if err != nil {
-		e.log.Error("tick: cannot read due automations", "event", "tick.error", "error", err)
+		if ctx.Err() == nil {
+			e.log.Error("tick: cannot read due automations", "event", "tick.error", "error", err)
+		}
 		return res, err
 	}
 	// Fires are independent transactions: on PostgreSQL several run at
@@ -88,6 +95,9 @@ func (e *Engine) Tick(ctx context.Context) (TickResult, error) {
 					}
 					return e.fireDue(ctx, tx, a, now, &one)
 				})
+				if err != nil && ctx.Err() != nil {
+					continue // stopping: the fire waits for the next tick, here or elsewhere
+				}
 				if err != nil {
 					one = TickResult{Failed: 1}
 					e.log.Error("tick: cannot fire automation", "event", "fire.error", "automation_id", id, "error", err)

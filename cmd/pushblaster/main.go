@@ -19,6 +19,11 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == superviseCommand {
+		// Before any signal handling of ours: the supervisor handles
+		// SIGTERM itself (it means "the engine is gone, kill the script").
+		os.Exit(audience.Supervise(os.Args[2:]))
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	err := run(ctx, os.Args[1:], os.Getenv, os.Stdin, os.Stdout, os.Stderr)
