@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -197,5 +198,75 @@ func TestServeEndToEnd(t *testing.T) {
 				t.Errorf("no clean engine stop in the log:\n%s", s.stderr)
 			}
 		})
+	}
+}
+
+// TestScriptAudienceThroughTheBinary: the real binary runs an audience
+// script under its supervisor; a kill -9 of the engine mid-script leaves no
+// process behind.
+func TestScriptAudienceThroughTheBinary(t *testing.T) {
+	t.Parallel()
+	scripts, pids := t.TempDir(), t.TempDir()
+	write := func(name, body string) {
+		if err := os.WriteFile(filepath.Join(scripts, name), []byte("#!/bin/sh\n"+body), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("users.sh", "echo 'hello from the script' >&2\necho user_id,token\necho a,ta\necho b,tb\n")
+	write("hang.sh", fmt.Sprintf("sleep 600 &\necho $! > %[1]s/child\necho $$ > %[1]s/script\necho user_id\nsleep 600\n", pids))
+
+	s := startServer(t, databaseEnv(t, "sqlite"), "--scripts-dir", scripts)
+	create := func(name, script string) int64 {
+		var a pb.Automation
+		body := map[string]any{
+			"name": name, "schedule": map[string]string{"cron": "0 9 * * *"}, "lead_time": "0s",
+			"audience": map[string]any{"type": "script", "script": script},
+			"message":  map[string]string{"title": "hi"}, "delivery": map[string]string{"provider": "log"},
+		}
+		if code := s.do("POST", "/api/automations", body, &a); code != 201 {
+			t.Fatalf("create %s: %d", name, code)
+		}
+		return a.ID
+	}
+	var ex pb.Execution
+	s.do("POST", fmt.Sprintf("/api/automations/%d/run", create("users", "users.sh")), nil, &ex)
+	deadline := time.Now().Add(60 * time.Second)
+	for ex.Status != pb.StatusCompleted && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+		s.do("GET", fmt.Sprintf("/api/executions/%d", ex.ID), nil, &ex)
+	}
+	if ex.Status != pb.StatusCompleted || ex.Metrics[pb.MetricSent] != 2 {
+		t.Fatalf("script execution: %s %v %v", ex.Status, ex.Metrics, ex.Error)
+	}
+
+	// Now a script that hangs with a child; kill the engine with SIGKILL.
+	s.do("POST", fmt.Sprintf("/api/automations/%d/run", create("hang", "hang.sh")), nil, &ex)
+	var procs []int
+	deadline = time.Now().Add(60 * time.Second)
+	for len(procs) < 2 {
+		procs = procs[:0]
+		for _, f := range []string{"script", "child"} {
+			raw, err := os.ReadFile(filepath.Join(pids, f))
+			if n, _ := strconv.Atoi(strings.TrimSpace(string(raw))); err == nil && n > 0 {
+				procs = append(procs, n)
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the hanging script never started")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := s.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-s.done
+	for _, pid := range procs {
+		gone := time.Now().Add(30 * time.Second)
+		for syscall.Kill(pid, 0) == nil {
+			if time.Now().After(gone) {
+				t.Fatalf("process %d outlived the engine's kill -9", pid)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
 	}
 }
