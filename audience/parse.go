@@ -178,6 +178,31 @@ const (
 )
 
 // parserFieldOf maps a column or field name to the Row field it fills.
+// assign puts a value of column (or key) name, which is field f, into the
+// row: a well-known field, or per-recipient data (empty values omitted).
+func (r *Row) assign(f parserField, name, v string, dataHint int) {
+	switch f {
+	case parserFieldUserID:
+		r.UserID = v
+	case parserFieldToken:
+		r.Token = v
+	case parserFieldPlatform:
+		r.Platform = v
+	case parserFieldTimezone:
+		r.Timezone = v
+	case parserFieldLocale:
+		r.Locale = v
+	default:
+		if v == "" {
+			return
+		}
+		if r.Data == nil {
+			r.Data = make(map[string]string, dataHint)
+		}
+		r.Data[name] = v
+	}
+}
+
 func parserFieldOf(name string) parserField {
 	switch name {
 	case "user_id":
@@ -494,26 +519,7 @@ func (p *Parser) parseCSV(line []byte) (Row, string) {
 	var r Row
 	for i, v := range rec {
 		v = strings.TrimSpace(v)
-		switch p.fields[i] {
-		case parserFieldUserID:
-			r.UserID = v
-		case parserFieldToken:
-			r.Token = v
-		case parserFieldPlatform:
-			r.Platform = v
-		case parserFieldTimezone:
-			r.Timezone = v
-		case parserFieldLocale:
-			r.Locale = v
-		default:
-			if v == "" {
-				continue
-			}
-			if r.Data == nil {
-				r.Data = make(map[string]string, p.dataCols)
-			}
-			r.Data[p.header[i]] = v
-		}
+		r.assign(p.fields[i], p.header[i], v, p.dataCols)
 	}
 	if r.UserID == "" {
 		return r, "user_id is empty"
@@ -568,22 +574,8 @@ func (p *Parser) parseJSON(line []byte) (Row, string) {
 			}
 			hasUserID = true
 			r.UserID = v
-		case parserFieldToken:
-			r.Token = v
-		case parserFieldPlatform:
-			r.Platform = v
-		case parserFieldTimezone:
-			r.Timezone = v
-		case parserFieldLocale:
-			r.Locale = v
 		default:
-			if v == "" {
-				continue
-			}
-			if r.Data == nil {
-				r.Data = make(map[string]string, len(obj))
-			}
-			r.Data[k] = v
+			r.assign(parserFieldOf(k), k, v, len(obj))
 		}
 	}
 	switch {

@@ -82,24 +82,10 @@ func (s *SQLSource) Stream(ctx context.Context, query string, timeout time.Durat
 			if !ok {
 				continue
 			}
-			switch name := st.Columns[i]; name {
-			case "user_id":
-				r.UserID = text
-			case "token":
-				r.Token = text
-			case "platform":
-				r.Platform = strings.ToLower(text)
-			case "timezone":
-				r.Timezone = text
-			case "locale":
-				r.Locale = text
-			default:
-				if r.Data == nil {
-					r.Data = map[string]string{}
-				}
-				r.Data[name] = text
-			}
+			name := st.Columns[i]
+			r.assign(parserFieldOf(name), name, text, len(vals))
 		}
+		r.Platform = strings.ToLower(r.Platform)
 		if problem := rowProblem(&r); problem != "" {
 			st.BadRows++
 			if len(st.BadExamples) < 5 {
