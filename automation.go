@@ -77,6 +77,13 @@ type Automation struct {
 	Delivery     Delivery    `json:"delivery"`
 	Paused       bool        `json:"paused"`
 
+	// Tags group automations (frequency caps can be scoped to a tag).
+	Tags []string `json:"tags,omitempty"`
+	// FrequencyCaps hold back recipients who got too many pushes lately.
+	FrequencyCaps []FrequencyCap `json:"frequency_caps,omitempty"`
+	// Cadence asks an external service which recipients may get the push.
+	Cadence *Cadence `json:"cadence,omitempty"`
+
 	// NextSendAt is the send time of the next scheduled fire; nil when
 	// paused or when the schedule never fires again.
 	NextSendAt *time.Time `json:"next_send_at,omitempty"`
@@ -158,18 +165,43 @@ type Schedule struct {
 	Timezone string `json:"timezone,omitempty"`
 }
 
-// Message is what the push says.
-type Message struct {
-	Title string            `json:"title"`
-	Body  string            `json:"body"`
-	Data  map[string]string `json:"data,omitempty"`
-}
-
 // Delivery says how pushes go out.
 type Delivery struct {
 	// Provider is the sender; "log" is a dry run that records every
 	// delivery in the ledger and the log without contacting anyone.
 	Provider string `json:"provider"`
+	// RatePerSecond caps this automation's sends per second, in total
+	// over every instance; 0 is no limit of its own (the provider's
+	// global limit still applies).
+	RatePerSecond int `json:"rate_per_second,omitempty"`
+	// MaxErrorRatio is the circuit breaker: when more than this share of
+	// a send's requests fail (after at least BreakerMinAttempts), the send
+	// stops and the execution fails as external. Default 0.2; 1 disables.
+	MaxErrorRatio *float64 `json:"max_error_ratio,omitempty"`
+	// OnUnknown says what happens to a recipient whose request was in
+	// flight when its instance died: report (default: never re-sent) or
+	// resend (at most one duplicate, never a miss).
+	OnUnknown string `json:"on_unknown,omitempty"`
+}
+
+// OnUnknown policies.
+const (
+	OnUnknownReport = "report"
+	OnUnknownResend = "resend"
+)
+
+// Circuit breaker defaults.
+const (
+	DefaultMaxErrorRatio = 0.2
+	BreakerMinAttempts   = 100
+)
+
+// ErrorRatio returns the effective max_error_ratio.
+func (d *Delivery) ErrorRatio() float64 {
+	if d.MaxErrorRatio != nil {
+		return *d.MaxErrorRatio
+	}
+	return DefaultMaxErrorRatio
 }
 
 // ProviderLog is the dry-run provider.
@@ -288,12 +320,9 @@ func (a *Automation) Normalize() error {
 	}
 	validateRecipients(&v, "test_audience", a.TestAudience)
 
-	if strings.TrimSpace(a.Message.Title) == "" && strings.TrimSpace(a.Message.Body) == "" {
-		v.Add("message", "needs a title or a body")
-	}
-	if a.Delivery.Provider == "" {
-		v.Add("delivery.provider", "is required; use log for a dry run")
-	}
+	a.Message.validate(&v, "message")
+	a.Delivery.normalize(&v)
+	a.normalizeCaps(&v)
 	return v.Err()
 }
 

@@ -91,6 +91,12 @@ const (
 	// MetricUnknown counts deliveries in flight when their instance
 	// stopped: nobody knows whether they arrived, and they are not re-sent.
 	MetricUnknown = "unknown"
+	// MetricInvalidToken counts live pushes not delivered because the
+	// provider called the token invalid (now or in an earlier send).
+	MetricInvalidToken = "invalid_token"
+	// MetricCapped counts recipients held back by a frequency cap or the
+	// cadence service.
+	MetricCapped = "capped"
 )
 
 // Execution is one run of an automation for one send time.
@@ -99,6 +105,9 @@ type Execution struct {
 	AutomationID      int64  `json:"automation_id"`
 	AutomationName    string `json:"automation_name"`
 	AutomationVersion int    `json:"automation_version"`
+	// Tags are the tags of the automation version the execution runs
+	// (frequency caps scoped to a tag count them).
+	Tags []string `json:"tags,omitempty"`
 	// SendAt is the send time T: live sending starts then.
 	SendAt time.Time `json:"send_at"`
 	// AudienceAt is when the audience phase is due (T − lead time).

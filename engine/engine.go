@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"sync"
 	"time"
@@ -57,6 +58,18 @@ type Config struct {
 	LateFire time.Duration
 	// Audience configures audience sources.
 	Audience AudienceConfig
+	// SendBatchSize is how many recipients one live-send batch job takes
+	// (default 5,000): the unit of work spread over instances.
+	SendBatchSize int
+	// SendChunkSize is how many pushes one ledger round claims and hands
+	// to the provider at once (default 250).
+	SendChunkSize int
+	// ProviderRates caps each provider's sends per second over every
+	// instance (e.g. "fcm": 10,000 for FCM's default 600,000/min quota).
+	ProviderRates map[string]int
+	// CadenceHTTPClient is the client for cadence services (default: one
+	// with the automation's timeout per request).
+	CadenceHTTPClient *http.Client
 }
 
 // Engine runs automations. It implements pb.Service.
@@ -71,8 +84,9 @@ type Engine struct {
 	mu       sync.Mutex
 	stopTick context.CancelFunc
 	ticking  sync.WaitGroup
-	running  map[int64]context.CancelCauseFunc // execution id → its running phase
-	versions map[versionKey]*pb.Automation     // automation versions are immutable
+	running  map[int64]map[uint64]context.CancelCauseFunc // execution id → its running phase or batches
+	runSeq   uint64
+	versions map[versionKey]*pb.Automation // automation versions are immutable
 	stopped  chan struct{}
 	started  bool
 }
@@ -93,7 +107,7 @@ func New[TDriver riverdriver.Driver[TTx], TTx any](st *store.Store, driver TDriv
 		log:      cfg.Logger.With("instance_id", cfg.InstanceID),
 		cfg:      cfg,
 		senders:  map[string]pb.Sender{pb.ProviderLog: &logSender{log: cfg.Logger.With("instance_id", cfg.InstanceID)}},
-		running:  map[int64]context.CancelCauseFunc{},
+		running:  map[int64]map[uint64]context.CancelCauseFunc{},
 		versions: map[versionKey]*pb.Automation{},
 		stopped:  make(chan struct{}),
 	}
@@ -103,6 +117,9 @@ func New[TDriver riverdriver.Driver[TTx], TTx any](st *store.Store, driver TDriv
 	workers := river.NewWorkers()
 	if err := river.AddWorkerSafely(workers, &phaseWorker{e: e}); err != nil {
 		return nil, pb.Errorf(pb.KindInternal, "register phase worker: %v", err)
+	}
+	if err := river.AddWorkerSafely(workers, &batchWorker{e: e}); err != nil {
+		return nil, pb.Errorf(pb.KindInternal, "register send batch worker: %v", err)
 	}
 	if err := river.AddWorkerSafely(workers, &janitorWorker{e: e}); err != nil {
 		return nil, pb.Errorf(pb.KindInternal, "register janitor worker: %v", err)
@@ -165,6 +182,12 @@ func withDefaults(c Config) Config {
 	}
 	if c.LateFire <= 0 {
 		c.LateFire = time.Minute
+	}
+	if c.SendBatchSize <= 0 {
+		c.SendBatchSize = defaultBatchSize
+	}
+	if c.SendChunkSize <= 0 {
+		c.SendChunkSize = defaultChunkSize
 	}
 	if c.Audience.ArtifactRetention <= 0 {
 		c.Audience.ArtifactRetention = 7 * 24 * time.Hour
@@ -261,23 +284,36 @@ func (e *Engine) now() time.Time { return store.Canon(e.clock.Now()) }
 
 // trackRunning registers the cancel func of an execution's running phase,
 // so a cancel on this instance stops it at once.
+// A live send's batches may run side by side on one instance: each
+// registers its own.
 func (e *Engine) trackRunning(id int64, cancel context.CancelCauseFunc) func() {
 	e.mu.Lock()
-	e.running[id] = cancel
+	e.runSeq++
+	key := e.runSeq
+	if e.running[id] == nil {
+		e.running[id] = map[uint64]context.CancelCauseFunc{}
+	}
+	e.running[id][key] = cancel
 	e.mu.Unlock()
 	return func() {
 		e.mu.Lock()
-		delete(e.running, id)
+		delete(e.running[id], key)
+		if len(e.running[id]) == 0 {
+			delete(e.running, id)
+		}
 		e.mu.Unlock()
 	}
 }
 
 func (e *Engine) cancelLocal(id int64, cause error) {
 	e.mu.Lock()
-	cancel := e.running[id]
+	var cancels []context.CancelCauseFunc
+	for _, c := range e.running[id] {
+		cancels = append(cancels, c)
+	}
 	e.mu.Unlock()
-	if cancel != nil {
-		cancel(cause)
+	for _, c := range cancels {
+		c(cause)
 	}
 }
 
@@ -293,7 +329,7 @@ const maxCachedVersions = 1024
 // automationVersion returns version v of automation id. Versions never
 // change once written, so they are cached: every phase reads its
 // execution's version.
-func (e *Engine) automationVersion(ctx context.Context, tx *store.Tx, id int64, v int) (*pb.Automation, error) {
+func (e *Engine) automationVersion(ctx context.Context, tx versionReader, id int64, v int) (*pb.Automation, error) {
 	k := versionKey{id, v}
 	e.mu.Lock()
 	a := e.versions[k]
@@ -315,6 +351,11 @@ func (e *Engine) automationVersion(ctx context.Context, tx *store.Tx, id int64, 
 	e.versions[k] = a
 	e.mu.Unlock()
 	return a, nil
+}
+
+// versionReader reads automation versions: a *store.Tx or the *store.Store.
+type versionReader interface {
+	GetAutomationVersion(ctx context.Context, id int64, v int) (*pb.Automation, error)
 }
 
 // errorHandler makes sure no phase job vanishes: when River gives up on one

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/rivertype"
 
 	pb "github.com/pushblaster/pushblaster"
 	"github.com/pushblaster/pushblaster/store"
@@ -59,6 +60,9 @@ type outcome struct {
 	note    string
 	err     error
 	empty   bool // the audience is empty and on_empty is complete
+	// batches is a live send's plan: the phase stays running until the
+	// last batch job ends it.
+	batches []store.SendBatch
 }
 
 // runPhase runs one phase: record its start (or do not run), run it,
@@ -116,7 +120,7 @@ func (e *Engine) runPhase(ctx context.Context, job *river.Job[phaseArgs]) error 
 			}
 		}
 		if done {
-			return e.jobs.complete(ctx, tx, job)
+			return e.jobs.complete(ctx, tx, job.JobRow)
 		}
 		a, err = e.automationVersion(ctx, tx, ex.AutomationID, ex.AutomationVersion)
 		if err != nil {
@@ -135,7 +139,10 @@ func (e *Engine) runPhase(ctx context.Context, job *river.Job[phaseArgs]) error 
 
 	phaseCtx, cancel := context.WithCancelCause(ctx)
 	untrack := e.trackRunning(id, cancel)
-	stopWatch := e.watchCancel(phaseCtx, id, cancel)
+	stopWatch := func() {}
+	if p != pb.PhaseCleanup { // cleanup runs for ended executions
+		stopWatch = e.watchCancel(phaseCtx, id, cancel)
+	}
 	out := e.phaseBody(phaseCtx, ex, a, p, log)
 	stopWatch()
 	untrack()
@@ -151,7 +158,7 @@ func (e *Engine) runPhase(ctx context.Context, job *river.Job[phaseArgs]) error 
 		if err != nil {
 			return err
 		}
-		return e.endPhase(endCtx, tx, job, cur, p, out, ctx.Err() != nil && e.stopping(), &retry, log)
+		return e.endPhase(endCtx, tx, job.JobRow, cur, p, out, ctx.Err() != nil && e.stopping(), &retry, log)
 	})
 	if err != nil {
 		log.Error("cannot record phase end; the phase runs again", "event", "phase.end_error", "error", err)
@@ -164,8 +171,12 @@ func (e *Engine) runPhase(ctx context.Context, job *river.Job[phaseArgs]) error 
 // cancelled on another instance.
 const cancelPoll = 500 * time.Millisecond
 
+// errExecutionEnded is the cause given to a running batch whose execution
+// ended (failed) elsewhere.
+var errExecutionEnded = errors.New("execution ended on another instance")
+
 // watchCancel cancels a running phase when its execution is cancelled
-// anywhere, and returns a func that stops watching.
+// (or otherwise ended) anywhere, and returns a func that stops watching.
 func (e *Engine) watchCancel(ctx context.Context, id int64, cancel context.CancelCauseFunc) func() {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
@@ -181,8 +192,16 @@ func (e *Engine) watchCancel(ctx context.Context, id int64, cancel context.Cance
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				if st, err := e.store.ExecutionStatus(ctx, id); err == nil && st == pb.StatusCancelled {
+				st, err := e.store.ExecutionStatus(ctx, id)
+				switch {
+				case err != nil:
+				case st == pb.StatusCancelled:
 					cancel(errCancelled)
+					return
+				case st.Final():
+					// Another batch of a live send failed the execution
+					// (the circuit breaker): stop this one too.
+					cancel(errExecutionEnded)
 					return
 				}
 			}
@@ -232,7 +251,7 @@ func (e *Engine) startPhase(ctx context.Context, tx *store.Tx, ex *pb.Execution,
 		Phase: p, Message: msg, Data: map[string]string{"status": string(pb.PhaseRunning), "attempt": fmt.Sprint(attempt)}})
 }
 
-func (e *Engine) endPhase(ctx context.Context, tx *store.Tx, job *river.Job[phaseArgs], ex *pb.Execution, p pb.Phase,
+func (e *Engine) endPhase(ctx context.Context, tx *store.Tx, job *rivertype.JobRow, ex *pb.Execution, p pb.Phase,
 	out outcome, interrupted bool, retry *error, log *slog.Logger) error {
 	now := e.now()
 	end := store.PhaseEnd{Metrics: out.metrics, Note: out.note, Now: now}
@@ -299,6 +318,13 @@ func (e *Engine) endPhase(ctx context.Context, tx *store.Tx, job *river.Job[phas
 		return e.failPhase(ctx, tx, job, ex, p, end, perr, out, event, log)
 	}
 
+	if out.batches != nil {
+		if err := e.fanOut(ctx, tx, ex, out.batches, log); err != nil {
+			return err
+		}
+		return e.jobs.complete(ctx, tx, job)
+	}
+
 	end.Status = pb.PhaseCompleted
 	if out.metrics != nil {
 		if err := tx.SetMetrics(ctx, ex.ID, out.metrics); err != nil {
@@ -327,7 +353,7 @@ func (e *Engine) endPhase(ctx context.Context, tx *store.Tx, job *river.Job[phas
 }
 
 // failPhase records phase p as failed and fails its execution.
-func (e *Engine) failPhase(ctx context.Context, tx *store.Tx, job *river.Job[phaseArgs], ex *pb.Execution, p pb.Phase,
+func (e *Engine) failPhase(ctx context.Context, tx *store.Tx, job *rivertype.JobRow, ex *pb.Execution, p pb.Phase,
 	end store.PhaseEnd, perr *pb.Error, out outcome, event *pb.Event, log *slog.Logger) error {
 	end.Status, end.Error = pb.PhaseFailed, perr
 	if aud, ok := sendAudienceOf(p); ok {
@@ -534,7 +560,7 @@ func (e *Engine) phaseBody(ctx context.Context, ex *pb.Execution, a *pb.Automati
 			out.note = "test mode: sent to the test audience instead of the generated audience"
 			return out
 		}
-		return e.sendAudience(ctx, ex, a, log)
+		return e.planLiveSend(ctx, ex, a, log)
 	case pb.PhaseCleanup:
 		return outcome{note: "nothing to remove"}
 	}

@@ -102,7 +102,7 @@ func TestZeroCatchupWindowRuns(t *testing.T) {
 
 type panicSender struct{}
 
-func (panicSender) Send(context.Context, *pb.Message, []pb.Recipient) ([]pb.SendResult, error) {
+func (panicSender) Send(context.Context, []pb.Push) []pb.SendResult {
 	panic("provider SDK bug")
 }
 

@@ -21,7 +21,7 @@ type jobs interface {
 	insert(ctx context.Context, tx *store.Tx, args river.JobArgs, at time.Time) (int64, error)
 	// complete marks a running phase job completed in tx, so that the phase
 	// record and the job's completion commit together.
-	complete(ctx context.Context, tx *store.Tx, job *river.Job[phaseArgs]) error
+	complete(ctx context.Context, tx *store.Tx, job *rivertype.JobRow) error
 	// cancel cancels a job in tx: a waiting one never runs, a running one
 	// has its context cancelled.
 	cancel(ctx context.Context, tx *store.Tx, id int64) error
@@ -53,8 +53,11 @@ func (r *riverJobs[TDriver, TTx]) rawTx(tx *store.Tx) TTx {
 
 func (r *riverJobs[TDriver, TTx]) insert(ctx context.Context, tx *store.Tx, args river.JobArgs, at time.Time) (int64, error) {
 	opts := &river.InsertOpts{}
-	if pa, ok := args.(phaseArgs); ok {
-		opts.Priority = phasePriority(pa.Phase)
+	switch a := args.(type) {
+	case phaseArgs:
+		opts.Priority = phasePriority(a.Phase)
+	case batchArgs:
+		opts.Priority = phasePriority(pb.PhaseLiveSend)
 	}
 	if !at.IsZero() && at.After(r.clock.Now()) {
 		opts.ScheduledAt = at
@@ -66,8 +69,9 @@ func (r *riverJobs[TDriver, TTx]) insert(ctx context.Context, tx *store.Tx, args
 	return res.Job.ID, nil
 }
 
-func (r *riverJobs[TDriver, TTx]) complete(ctx context.Context, tx *store.Tx, job *river.Job[phaseArgs]) error {
-	if _, err := river.JobCompleteTx[TDriver](ctx, r.rawTx(tx), job); err != nil {
+func (r *riverJobs[TDriver, TTx]) complete(ctx context.Context, tx *store.Tx, job *rivertype.JobRow) error {
+	// JobCompleteTx reads only the row; the args type is irrelevant.
+	if _, err := river.JobCompleteTx[TDriver](ctx, r.rawTx(tx), &river.Job[phaseArgs]{JobRow: job}); err != nil {
 		return pb.WrapError(pb.KindDatabase, err, "complete job %d", job.ID)
 	}
 	return nil
@@ -108,7 +112,7 @@ type dueAtMiddleware struct{ river.MiddlewareDefaults }
 
 func (dueAtMiddleware) InsertMany(ctx context.Context, params []*rivertype.JobInsertParams, doInner func(context.Context) ([]*rivertype.JobInsertResult, error)) ([]*rivertype.JobInsertResult, error) {
 	for _, p := range params {
-		if p.State == rivertype.JobStateScheduled && (p.Kind == phaseArgs{}.Kind()) {
+		if p.State == rivertype.JobStateScheduled && (p.Kind == phaseArgs{}.Kind() || p.Kind == batchArgs{}.Kind()) {
 			p.State = rivertype.JobStateAvailable
 		}
 	}

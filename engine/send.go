@@ -2,49 +2,108 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
+	"sync"
+	"time"
 
 	pb "github.com/pushblaster/pushblaster"
+	"github.com/pushblaster/pushblaster/cadence"
 	"github.com/pushblaster/pushblaster/store"
 )
 
-// sendBatch is how many recipients go to the provider per ledger round.
-const sendBatch = 500
+// Send tunables (see Config).
+const (
+	defaultBatchSize = 5000 // recipients per live-send batch job
+	defaultChunkSize = 250  // pushes per ledger round
+)
 
-// sendAudience delivers the live push to every stored recipient of ex.
-func (e *Engine) sendAudience(ctx context.Context, ex *pb.Execution, a *pb.Automation, log *slog.Logger) outcome {
-	var after int64
-	for {
-		page, err := e.store.Recipients(ctx, ex.ID, after, sendBatch)
-		if err != nil {
-			return e.sendOutcome(ctx, ex, store.AudienceLive, err)
-		}
-		if len(page) == 0 {
-			break
-		}
-		after = page[len(page)-1].ID
-		rs := make([]pb.Recipient, 0, len(page))
-		for _, r := range page {
-			if r.Token != "" { // tokenless users are counted as no_token, never sent
-				rs = append(rs, r.Recipient)
-			}
-		}
-		if err := e.sendBatch(ctx, ex, a, store.AudienceLive, rs, log); err != nil {
-			return e.sendOutcome(ctx, ex, store.AudienceLive, err)
-		}
-	}
-	return e.sendOutcome(ctx, ex, store.AudienceLive, nil)
+// sendRun is one send of one execution to one audience: the test list, a
+// test-mode live send, or one batch of a live send. It runs chunks through
+// the pipeline: known-invalid tokens, rate limits, cadence service,
+// frequency caps and claim, render, provider, ledger, circuit breaker.
+type sendRun struct {
+	e      *Engine
+	ex     *pb.Execution
+	a      *pb.Automation
+	aud    store.Audience
+	sender pb.Sender
+	tmpl   *pb.MessageTemplate
+	log    *slog.Logger
+	// seq is the batch of a live send (its progress is shared with the
+	// other batches for the circuit breaker); -1 for a send run inline.
+	seq     int
+	cadence *cadence.Client
+
+	// Counters of this run (inline runs feed the breaker from them).
+	attempted, failed int64
+	fallbackOnce      sync.Once
 }
 
-// sendList delivers to a list given in the definition (the test audience).
+// newSendRun prepares a send of ex to aud.
+func (e *Engine) newSendRun(ex *pb.Execution, a *pb.Automation, aud store.Audience, seq int, log *slog.Logger) (*sendRun, error) {
+	sender, ok := e.senders[a.Delivery.Provider]
+	if !ok {
+		return nil, pb.Errorf(pb.KindValidation, "delivery provider %q is not configured on instance %s; configure it (see docs/configuration.md) or change delivery.provider",
+			a.Delivery.Provider, e.cfg.InstanceID).WithRecoverable(false)
+	}
+	tmpl, err := a.Message.Compile()
+	if err != nil {
+		return nil, err
+	}
+	r := &sendRun{e: e, ex: ex, a: a, aud: aud, sender: sender, tmpl: tmpl, log: log, seq: seq}
+	if aud == store.AudienceLive && a.Cadence != nil && a.Mode != pb.ModeTest {
+		c, err := cadence.New(cadence.Config{URL: a.Cadence.URL, Timeout: a.Cadence.TimeoutD(), OnError: a.Cadence.OnError,
+			HTTPClient: e.cfg.CadenceHTTPClient, Logger: log})
+		if err != nil {
+			return nil, err
+		}
+		r.cadence = c
+	}
+	return r, nil
+}
+
+// sendList delivers to a list given in the definition (the test audience,
+// or the live send of a test-mode automation), inline in the phase job.
 func (e *Engine) sendList(ctx context.Context, ex *pb.Execution, a *pb.Automation, aud store.Audience, rs []pb.Recipient, log *slog.Logger) outcome {
-	for start := 0; start < len(rs); start += sendBatch {
-		if err := e.sendBatch(ctx, ex, a, aud, rs[start:min(start+sendBatch, len(rs))], log); err != nil {
+	run, err := e.newSendRun(ex, a, aud, -1, log)
+	if err != nil {
+		return outcome{err: err}
+	}
+	chunk := e.cfg.SendChunkSize
+	for start := 0; start < len(rs); start += chunk {
+		if err := run.chunk(ctx, rs[start:min(start+chunk, len(rs))]); err != nil {
 			return e.sendOutcome(ctx, ex, aud, err)
 		}
 	}
 	return e.sendOutcome(ctx, ex, aud, nil)
+}
+
+// sendRange delivers the live push to the stored recipients with ids in
+// [first, last] (one batch).
+func (r *sendRun) sendRange(ctx context.Context, first, last int64) error {
+	after := first - 1
+	for {
+		page, err := r.e.store.RecipientsBetween(ctx, r.ex.ID, after, last, r.e.cfg.SendChunkSize)
+		if err != nil {
+			return err
+		}
+		if len(page) == 0 {
+			return nil
+		}
+		after = page[len(page)-1].ID
+		rs := make([]pb.Recipient, 0, len(page))
+		for _, p := range page {
+			if p.Token != "" { // tokenless users are counted as no_token, never sent
+				rs = append(rs, p.Recipient)
+			}
+		}
+		if err := r.chunk(ctx, rs); err != nil {
+			return err
+		}
+	}
 }
 
 // sendOutcome reads the metrics of a send from the ledger, the truth
@@ -57,99 +116,361 @@ func (e *Engine) sendOutcome(ctx context.Context, ex *pb.Execution, aud store.Au
 		}
 		return outcome{err: sendErr}
 	}
-	m := ledgerMetrics(aud, counts)
+	return outcome{metrics: ledgerMetrics(aud, counts), note: ledgerNote(counts), err: sendErr}
+}
+
+// ledgerNote sums up a ledger for a phase record.
+func ledgerNote(counts map[pb.DeliveryState]int64) string {
 	note := fmt.Sprintf("sent %d, failed %d", counts[store.DeliverySent], counts[store.DeliveryFailed])
+	if n := counts[store.DeliveryInvalidToken]; n > 0 {
+		note += fmt.Sprintf(", invalid token %d", n)
+	}
+	if n := counts[store.DeliveryCapped]; n > 0 {
+		note += fmt.Sprintf(", capped %d", n)
+	}
 	if n := counts[store.DeliveryUnknown]; n > 0 {
 		note += fmt.Sprintf(", unknown %d (in flight when an instance stopped; not re-sent)", n)
 	}
-	return outcome{metrics: m, note: note, err: sendErr}
+	return note
 }
 
 // ledgerMetrics names the ledger's counts as execution metrics.
-func ledgerMetrics(aud store.Audience, counts map[string]int64) map[string]int64 {
+func ledgerMetrics(aud store.Audience, counts map[pb.DeliveryState]int64) map[string]int64 {
 	if aud == store.AudienceTest {
-		return map[string]int64{pb.MetricTestSent: counts[store.DeliverySent], pb.MetricTestFailed: counts[store.DeliveryFailed]}
+		return map[string]int64{pb.MetricTestSent: counts[store.DeliverySent],
+			pb.MetricTestFailed: counts[store.DeliveryFailed] + counts[store.DeliveryInvalidToken] + counts[store.DeliveryUnknown]}
 	}
 	return map[string]int64{pb.MetricSent: counts[store.DeliverySent], pb.MetricFailed: counts[store.DeliveryFailed],
-		pb.MetricUnknown: counts[store.DeliveryUnknown]}
+		pb.MetricUnknown: counts[store.DeliveryUnknown], pb.MetricInvalidToken: counts[store.DeliveryInvalidToken],
+		pb.MetricCapped: counts[store.DeliveryCapped]}
 }
 
-// sendBatch claims rs in the ledger, sends the claimed ones and records
-// each outcome. Before each batch it checks that ex was not cancelled, so a
-// cancel stops a send within one batch even if it was made elsewhere.
-func (e *Engine) sendBatch(ctx context.Context, ex *pb.Execution, a *pb.Automation, aud store.Audience, rs []pb.Recipient, log *slog.Logger) error {
+// errBreaker marks the circuit breaker's error.
+var errBreaker = errors.New("circuit breaker")
+
+// chunk sends rs (at most one chunk), waiting for the rate limits first.
+func (r *sendRun) chunk(ctx context.Context, rs []pb.Recipient) error {
+	for len(rs) > 0 {
+		n, err := r.e.waitRate(ctx, r.a, len(rs))
+		if err != nil {
+			return err
+		}
+		if err := r.round(ctx, rs[:n]); err != nil {
+			return err
+		}
+		rs = rs[n:]
+	}
+	return nil
+}
+
+// round runs one ledger round for rs: hold back what must not be sent,
+// claim the rest, send, record.
+func (r *sendRun) round(ctx context.Context, rs []pb.Recipient) error {
+	e, id := r.e, r.ex.ID
 	if err := context.Cause(ctx); err != nil {
 		return pb.AsError(err)
 	}
-	st, err := e.store.ExecutionStatus(ctx, ex.ID)
+	// A cancel (or a failure of another batch) made anywhere stops the
+	// send before its next round.
+	st, err := e.store.ExecutionStatus(ctx, id)
 	if err != nil {
 		return err
 	}
 	if st == pb.StatusCancelled {
 		return pb.Errorf(pb.KindAbort, "execution cancelled")
 	}
-	sender, ok := e.senders[a.Delivery.Provider]
-	if !ok {
-		return pb.Errorf(pb.KindValidation, "delivery provider %q is not configured on instance %s", a.Delivery.Provider, e.cfg.InstanceID)
+	if st.Final() {
+		return pb.Errorf(pb.KindAbort, "execution %s elsewhere", st)
 	}
-	claimed, unknown, err := e.store.ClaimDeliveries(ctx, ex.ID, aud, rs, e.cfg.InstanceID, e.now())
+	now := e.now()
+	var held []store.DeliveryResult
+
+	// Tokens a provider called invalid are never sent to again.
+	tokens := make([]string, len(rs))
+	for i := range rs {
+		tokens[i] = rs[i].Token
+	}
+	known, err := e.store.KnownInvalid(ctx, tokens)
 	if err != nil {
 		return err
 	}
-	if unknown > 0 {
-		log.Warn("deliveries in flight at a crash are unknown; not re-sent", "event", "send.unknown", "count", unknown)
+	if len(known) > 0 {
+		keep := rs[:0:0]
+		for _, rc := range rs {
+			if t, ok := known[rc.Token]; ok {
+				held = append(held, store.DeliveryResult{UserID: rc.UserID, Token: rc.Token, State: store.DeliveryInvalidToken,
+					Code: pb.CodeUnregistered, Reason: fmt.Sprintf("not sent: token recorded invalid at %s (%s)", t.CreatedAt.Format(time.RFC3339), t.Reason)})
+				continue
+			}
+			keep = append(keep, rc)
+		}
+		rs = keep
+	}
+
+	// The cadence service decides before the caps (it knows nothing of
+	// this send's claims).
+	if r.cadence != nil && len(rs) > 0 {
+		keep, hold, err := r.askCadence(ctx, rs)
+		if err != nil {
+			return err
+		}
+		rs, held = keep, append(held, hold...)
+	}
+
+	claimed, err := r.claim(ctx, rs, held, now)
+	if err != nil {
+		return err
 	}
 	if len(claimed) == 0 {
 		return nil
 	}
-	results, sendErr := sender.Send(ctx, &a.Message, claimed)
-	stopped := sendErr != nil && ctx.Err() != nil
-	out := make([]store.DeliveryResult, len(claimed))
-	sent := 0
-	for i, r := range claimed {
-		out[i] = store.DeliveryResult{UserID: r.UserID, Token: r.Token, State: store.DeliveryFailed}
-		switch {
-		case stopped:
-			// The request may have reached the provider before the stop.
-			out[i].State = store.DeliveryUnknown
-			out[i].Reason = "in flight when the send was stopped (" + context.Cause(ctx).Error() + ")"
-		case sendErr != nil:
-			out[i].Reason = sendErr.Error()
-		case i < len(results) && results[i].Sent:
-			out[i].State = store.DeliverySent
-			sent++
-		case i < len(results):
-			out[i].Reason = results[i].Reason
+
+	pushes := make([]pb.Push, 0, len(claimed))
+	results := make([]store.DeliveryResult, len(claimed))
+	idx := make([]int, 0, len(claimed)) // pushes[k] is claimed[idx[k]]
+	for i := range claimed {
+		rc := &claimed[i]
+		results[i] = store.DeliveryResult{UserID: rc.UserID, Token: rc.Token}
+		m, err := r.tmpl.Render(rc)
+		if err != nil {
+			pe := pb.AsError(err)
+			results[i].State, results[i].Code, results[i].Reason, results[i].Attempts = store.DeliveryFailed, pb.CodeTemplate, pe.Message, 0
+			continue
+		}
+		pushes = append(pushes, pb.Push{Recipient: *rc, Message: m})
+		idx = append(idx, i)
+	}
+	var sent []pb.SendResult
+	if len(pushes) > 0 {
+		sent = r.sender.Send(ctx, pushes)
+	}
+	var (
+		invalid            []store.InvalidToken
+		attempted, failed  int64
+		okCount, notTried  int
+		byCode             = map[string]int{}
+	)
+	for k, i := range idx {
+		res := pb.SendResult{State: pb.DeliveryUnknown, Err: pb.Errorf(pb.KindInternal, "provider %s returned no result", r.a.Delivery.Provider)}
+		if k < len(sent) {
+			res = sent[k]
+		}
+		dr := &results[i]
+		dr.State, dr.Attempts = res.State, res.Attempts
+		if res.Err != nil {
+			dr.Code, dr.Reason = res.Err.Context["code"], res.Err.Message
+		}
+		switch res.State {
+		case "":
+			dr.State = store.DeliveryPending
+			dr.Reason = "not requested: the send stopped first"
+			notTried++
+			continue
+		case store.DeliverySent:
+			okCount++
+		case store.DeliveryFailed:
+			failed++
+			byCode[dr.Code]++
+		case store.DeliveryInvalidToken:
+			invalid = append(invalid, store.InvalidToken{Token: dr.Token, Provider: r.a.Delivery.Provider, UserID: dr.UserID,
+				Code: dr.Code, Reason: dr.Reason, ExecutionID: id, CreatedAt: now})
+		case store.DeliveryUnknown:
 		default:
-			out[i].Reason = "provider returned no result"
+			dr.State, dr.Reason = store.DeliveryUnknown, fmt.Sprintf("provider returned state %q", res.State)
+		}
+		attempted++
+	}
+	for i := range results {
+		if results[i].Code == pb.CodeTemplate {
+			failed++
+			attempted++
+			byCode[pb.CodeTemplate]++
 		}
 	}
 	// The outcome must be recorded even if the context was just cancelled:
 	// these pushes went out.
-	if err := e.store.FinishDeliveries(context.WithoutCancel(ctx), ex.ID, aud, out, e.now()); err != nil {
+	wctx := context.WithoutCancel(ctx)
+	if err := e.store.FinishDeliveries(wctx, id, r.aud, results, e.now()); err != nil {
 		return err
 	}
-	log.Info("batch sent", "event", "send.batch", "audience", aud, "claimed", len(claimed), "sent", sent, "failed", len(claimed)-sent)
-	switch {
-	case stopped:
-		return pb.AsError(context.Cause(ctx))
-	case sendErr != nil:
-		return pb.WrapError(pb.KindExternal, sendErr, "provider %s", a.Delivery.Provider)
+	if len(invalid) > 0 {
+		if err := e.store.AddInvalidTokens(wctx, invalid); err != nil {
+			return err
+		}
 	}
-	return nil
+	r.log.Info("batch sent", "event", "send.batch", "audience", r.aud, "batch", r.seq, "claimed", len(claimed), "sent", okCount,
+		"failed", failed, "invalid_token", len(invalid), "not_requested", notTried, "failed_by_code", byCode)
+
+	if err := context.Cause(ctx); err != nil {
+		return pb.AsError(err)
+	}
+	return r.breaker(wctx, attempted, failed, byCode)
+}
+
+// claim holds back capped recipients and claims the rest, in one
+// transaction when frequency caps apply (so two sends to the same user
+// never both pass a cap).
+func (r *sendRun) claim(ctx context.Context, rs []pb.Recipient, held []store.DeliveryResult, now time.Time) ([]pb.Recipient, error) {
+	e, id := r.e, r.ex.ID
+	params := store.ClaimParams{Instance: e.cfg.InstanceID, Now: now, ResendUnknown: r.a.Delivery.OnUnknown == pb.OnUnknownResend}
+	capped := r.aud == store.AudienceLive && len(r.a.FrequencyCaps) > 0 && r.a.Mode != pb.ModeTest
+	var (
+		claimed          []pb.Recipient
+		unknown, resent  int64
+	)
+	work := func(q interface {
+		LockUsers(context.Context, []string) error
+		RecentPushes(context.Context, []string, time.Time, store.CapScope, int64) (map[string]int, error)
+		HoldDeliveries(context.Context, int64, store.Audience, []store.DeliveryResult, string, time.Time) (int64, error)
+		ClaimDeliveries(context.Context, int64, store.Audience, []pb.Recipient, store.ClaimParams) ([]pb.Recipient, int64, int64, error)
+	}) error {
+		hold := held
+		keep := rs
+		if capped && len(rs) > 0 {
+			users := make([]string, len(rs))
+			for i := range rs {
+				users[i] = rs[i].UserID
+			}
+			if err := q.LockUsers(ctx, users); err != nil {
+				return err
+			}
+			keep = rs[:0:0]
+			over := map[string]string{}
+			for i := range r.a.FrequencyCaps {
+				c := &r.a.FrequencyCaps[i]
+				scope := store.CapScope{Tag: c.Tag()}
+				if c.Scope == pb.ScopeAutomation {
+					scope.AutomationID = r.a.ID
+				}
+				counts, err := q.RecentPushes(ctx, users, now.Add(-c.Period()), scope, id)
+				if err != nil {
+					return err
+				}
+				for u, n := range counts {
+					if _, done := over[u]; !done && n >= c.Max {
+						over[u] = fmt.Sprintf("%s: %d push(es) in the last %s", c, n, c.Per)
+					}
+				}
+			}
+			hold = append([]store.DeliveryResult(nil), held...)
+			for _, rc := range rs {
+				if why, ok := over[rc.UserID]; ok {
+					hold = append(hold, store.DeliveryResult{UserID: rc.UserID, Token: rc.Token, State: store.DeliveryCapped, Code: "frequency_cap", Reason: why})
+					continue
+				}
+				keep = append(keep, rc)
+			}
+		}
+		if len(hold) > 0 {
+			if _, err := q.HoldDeliveries(ctx, id, r.aud, hold, e.cfg.InstanceID, now); err != nil {
+				return err
+			}
+		}
+		var err error
+		claimed, unknown, resent, err = q.ClaimDeliveries(ctx, id, r.aud, keep, params)
+		return err
+	}
+	var err error
+	if capped {
+		err = e.store.InTx(ctx, func(tx *store.Tx) error { return work(tx) })
+	} else {
+		err = work(e.store)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if unknown > 0 {
+		r.log.Warn("deliveries in flight at a crash are unknown; not re-sent (on_unknown report)", "event", "send.unknown", "count", unknown)
+	}
+	if resent > 0 {
+		r.log.Warn("deliveries in flight at a crash are sent again (on_unknown resend)", "event", "send.resend", "count", resent)
+	}
+	return claimed, nil
+}
+
+// askCadence splits rs into those the cadence service allows and the rest
+// (held as capped). With on_error fail its failure is the send's error.
+func (r *sendRun) askCadence(ctx context.Context, rs []pb.Recipient) (keep []pb.Recipient, hold []store.DeliveryResult, err error) {
+	ids := make([]string, 0, len(rs))
+	seen := map[string]bool{}
+	for _, rc := range rs {
+		if !seen[rc.UserID] {
+			seen[rc.UserID] = true
+			ids = append(ids, rc.UserID)
+		}
+	}
+	d, err := r.cadence.Allowed(ctx, cadence.Request{AutomationID: r.a.ID, Automation: r.a.Name, ExecutionID: r.ex.ID,
+		SendAt: r.ex.SendAt, Tags: r.a.Tags, UserIDs: ids})
+	if err != nil {
+		return nil, nil, pb.WrapError(pb.KindExternal, err, "cadence service (on_error fail)")
+	}
+	if d.Fallback != "" {
+		r.fallbackOnce.Do(func() {
+			msg := fmt.Sprintf("cadence service failed; on_error %s applied", d.Fallback)
+			if d.Err != nil {
+				msg += ": " + d.Err.Message
+			}
+			r.e.recordEvent(context.WithoutCancel(ctx), &pb.Event{AutomationID: r.a.ID, ExecutionID: r.ex.ID, Type: pb.EventError,
+				Phase: pb.PhaseLiveSend, Message: msg, Data: map[string]string{"kind": string(pb.KindExternal), "on_error": d.Fallback}})
+		})
+	}
+	for _, rc := range rs {
+		if d.Allowed[rc.UserID] {
+			keep = append(keep, rc)
+			continue
+		}
+		why := "held back by the cadence service"
+		if d.Fallback != "" {
+			why = "cadence service failed; on_error skip_all"
+		} else if s := d.Reasons[rc.UserID]; s != "" {
+			why += ": " + s
+		}
+		hold = append(hold, store.DeliveryResult{UserID: rc.UserID, Token: rc.Token, State: store.DeliveryCapped, Code: "cadence", Reason: why})
+	}
+	return keep, hold, nil
+}
+
+// breaker adds a round's outcomes to the send's totals (over every batch
+// of a live send) and trips when the failure ratio passes the automation's
+// max_error_ratio after BreakerMinAttempts.
+func (r *sendRun) breaker(ctx context.Context, attempted, failed int64, byCode map[string]int) error {
+	r.attempted += attempted
+	r.failed += failed
+	total, bad := r.attempted, r.failed
+	if r.seq >= 0 {
+		var err error
+		total, bad, err = r.e.store.BatchProgress(ctx, r.ex.ID, r.seq, attempted, failed, r.e.cfg.InstanceID, r.e.now())
+		if err != nil {
+			return err
+		}
+	}
+	ratio := r.a.Delivery.ErrorRatio()
+	if total < pb.BreakerMinAttempts || ratio >= 1 || float64(bad) <= ratio*float64(total) {
+		return nil
+	}
+	codes := make([]string, 0, len(byCode))
+	for c, n := range byCode {
+		codes = append(codes, fmt.Sprintf("%s %d", c, n))
+	}
+	return pb.WrapError(pb.KindExternal, errBreaker,
+		"circuit breaker: %d of %d requests failed (%.0f%%, max_error_ratio %.2f; this round: %s); the send stopped, the counts are kept; fix the provider or the message and run again",
+		bad, total, 100*float64(bad)/float64(total), ratio, strings.Join(codes, ", ")).WithRecoverable(false).With("code", "circuit_breaker")
 }
 
 // logSender is the dry-run provider: it records every delivery in the log
 // and reports it sent, without contacting anyone.
 type logSender struct{ log *slog.Logger }
 
-func (s *logSender) Send(ctx context.Context, m *pb.Message, rs []pb.Recipient) ([]pb.SendResult, error) {
-	out := make([]pb.SendResult, len(rs))
-	for i, r := range rs {
-		s.log.Info("push (dry run)", "event", "send.log", "user_id", r.UserID, "token", redactToken(r.Token), "title", m.Title)
-		out[i] = pb.SendResult{Sent: true}
+func (s *logSender) Send(ctx context.Context, ps []pb.Push) []pb.SendResult {
+	out := make([]pb.SendResult, len(ps))
+	for i, p := range ps {
+		if ctx.Err() != nil {
+			break // never requested: State ""
+		}
+		s.log.Info("push (dry run)", "event", "send.log", "user_id", p.Recipient.UserID, "token", redactToken(p.Recipient.Token), "title", p.Message.Title)
+		out[i] = pb.SendResult{State: pb.DeliverySent, Attempts: 1}
 	}
-	return out, nil
+	return out
 }
 
 // redactToken keeps enough of a device token to recognise it in a log.

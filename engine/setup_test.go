@@ -60,6 +60,8 @@ func (b *bundle) newEngine(t *testing.T, st *store.Store, opts ...option) *engin
 		TickInterval: 50 * time.Millisecond,
 		PollInterval: 20 * time.Millisecond,
 		Senders:      map[string]pb.Sender{"record": b.sender},
+		// Rounds of 500: the send tests count pushes in rounds.
+		SendChunkSize: 500,
 	}
 	for _, o := range opts {
 		o(&cfg)
@@ -224,11 +226,12 @@ func newRecordingSender() *recordingSender {
 	return &recordingSender{sent: map[string]int{}, titles: map[string][]string{}}
 }
 
-func (s *recordingSender) Send(ctx context.Context, m *pb.Message, rs []pb.Recipient) ([]pb.SendResult, error) {
+func (s *recordingSender) Send(ctx context.Context, ps []pb.Push) []pb.SendResult {
 	s.mu.Lock()
 	block, entered, fail := s.block, s.entered, s.fail
 	s.calls++
 	s.mu.Unlock()
+	out := make([]pb.SendResult, len(ps))
 	if block != nil {
 		if entered != nil {
 			entered <- struct{}{}
@@ -236,21 +239,26 @@ func (s *recordingSender) Send(ctx context.Context, m *pb.Message, rs []pb.Recip
 		select {
 		case <-block:
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			// The requests were in flight: nobody knows if they arrived.
+			for i := range out {
+				out[i] = pb.SendResult{State: pb.DeliveryUnknown, Attempts: 1, Err: pb.ProviderError(pb.CodeNetwork, "stopped in flight")}
+			}
+			return out
 		}
-	}
-	if fail != nil {
-		return nil, fail
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]pb.SendResult, len(rs))
-	for i, r := range rs {
+	for i, p := range ps {
+		r := p.Recipient
+		if fail != nil {
+			out[i] = pb.SendResult{State: pb.DeliveryFailed, Attempts: 1, Err: pb.AsError(fail)}
+			continue
+		}
 		s.sent[r.UserID+"/"+r.Token]++
-		s.titles[r.UserID] = append(s.titles[r.UserID], m.Title)
-		out[i] = pb.SendResult{Sent: true}
+		s.titles[r.UserID] = append(s.titles[r.UserID], p.Message.Title)
+		out[i] = pb.SendResult{State: pb.DeliverySent, Attempts: 1}
 	}
-	return out, nil
+	return out
 }
 
 func (s *recordingSender) count(user string) int {

@@ -267,6 +267,7 @@ func newExecution(a *pb.Automation, sendAt time.Time, trigger pb.Trigger, now ti
 		AutomationID:      a.ID,
 		AutomationName:    a.Name,
 		AutomationVersion: a.Version,
+		Tags:              a.Tags,
 		SendAt:            sendAt,
 		AudienceAt:        sendAt.Add(-a.Lead()),
 		CancelDeadline:    sendAt.Add(-a.Deadline()),

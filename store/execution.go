@@ -81,13 +81,13 @@ func (o ops) InsertExecution(ctx context.Context, e *pb.Execution) (existing int
 	err = o.q.QueryRow(ctx, `
 		INSERT INTO executions (automation_id, automation_version, send_at, audience_at, cancel_deadline,
 			trigger, status, reason, phase, error, created_at, started_at, finished_at, cancelled_at, updated_at,
-			waiting_for, job_id)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $11, $15, $16)
+			waiting_for, job_id, tags)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $11, $15, $16, $17)
 		ON CONFLICT (automation_id, send_at) DO NOTHING
 		RETURNING id`,
 		e.AutomationID, e.AutomationVersion, Canon(e.SendAt), Canon(e.AudienceAt), Canon(e.CancelDeadline),
 		string(e.Trigger), string(e.Status), e.Reason, string(e.Phase), encodeError(e.Error), e.CreatedAt,
-		canonPtr(e.StartedAt), canonPtr(e.FinishedAt), canonPtr(e.CancelledAt), nullID(e.WaitingFor), nullID(e.JobID)).Scan(&e.ID)
+		canonPtr(e.StartedAt), canonPtr(e.FinishedAt), canonPtr(e.CancelledAt), nullID(e.WaitingFor), nullID(e.JobID), joinTags(e.Tags)).Scan(&e.ID)
 	if errors.Is(err, ErrNoRows) {
 		err = o.q.QueryRow(ctx, `SELECT id FROM executions WHERE automation_id = $1 AND send_at = $2`,
 			e.AutomationID, Canon(e.SendAt)).Scan(&existing)
@@ -325,4 +325,12 @@ func (o ops) ExecutionStatus(ctx context.Context, id int64) (pb.ExecutionStatus,
 		return "", notFound(err, "execution", id)
 	}
 	return pb.ExecutionStatus(st), nil
+}
+
+// joinTags stores tags as ",a,b," so that a tag matches with LIKE '%,a,%'.
+func joinTags(tags []string) string {
+	if len(tags) == 0 {
+		return ""
+	}
+	return "," + strings.Join(tags, ",") + ","
 }

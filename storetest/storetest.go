@@ -25,6 +25,11 @@ func Run(t *testing.T, newStore func(t *testing.T) *store.Store) {
 	t.Run("PhasesAndMetrics", func(t *testing.T) { t.Parallel(); testPhases(t, newStore(t)) })
 	t.Run("Recipients", func(t *testing.T) { t.Parallel(); testRecipients(t, newStore(t)) })
 	t.Run("DeliveryLedger", func(t *testing.T) { t.Parallel(); testLedger(t, newStore(t)) })
+	t.Run("LedgerPendingAndResend", func(t *testing.T) { t.Parallel(); testLedgerPending(t, newStore(t)) })
+	t.Run("InvalidTokens", func(t *testing.T) { t.Parallel(); testInvalidTokens(t, newStore(t)) })
+	t.Run("SendBatches", func(t *testing.T) { t.Parallel(); testSendBatches(t, newStore(t)) })
+	t.Run("RecentPushesForCaps", func(t *testing.T) { t.Parallel(); testRecentPushes(t, newStore(t)) })
+	t.Run("RateWindows", func(t *testing.T) { t.Parallel(); testRateWindows(t, newStore(t)) })
 	t.Run("Events", func(t *testing.T) { t.Parallel(); testEvents(t, newStore(t)) })
 	t.Run("TimesRoundTrip", func(t *testing.T) { t.Parallel(); testTimes(t, newStore(t)) })
 	t.Run("TxRollback", func(t *testing.T) { t.Parallel(); testRollback(t, newStore(t)) })
@@ -459,12 +464,12 @@ func testLedger(t *testing.T, s *store.Store) {
 	a := mustInsert(t, s, "a", store.Schedule{})
 	e := mustExecution(t, s, a, t0)
 	rs := []pb.Recipient{{UserID: "u1", Token: "a"}, {UserID: "u1", Token: "b"}, {UserID: "u2", Token: "c"}}
-	claimed, unknown, err := s.ClaimDeliveries(ctx, e.ID, store.AudienceLive, rs, "i1", t0)
+	claimed, unknown, _, err := s.ClaimDeliveries(ctx, e.ID, store.AudienceLive, rs, store.ClaimParams{Instance: "i1", Now: t0})
 	if err != nil || len(claimed) != 3 || unknown != 0 {
 		t.Fatalf("claim: %d claimed, %d unknown, %v", len(claimed), unknown, err)
 	}
 	// The test audience has a ledger of its own.
-	if c, _, _ := s.ClaimDeliveries(ctx, e.ID, store.AudienceTest, rs[:1], "i1", t0); len(c) != 1 {
+	if c, _, _, _ := s.ClaimDeliveries(ctx, e.ID, store.AudienceTest, rs[:1], store.ClaimParams{Instance: "i1", Now: t0}); len(c) != 1 {
 		t.Fatalf("test audience claim: %d", len(c))
 	}
 	err = s.FinishDeliveries(ctx, e.ID, store.AudienceLive, []store.DeliveryResult{
@@ -476,12 +481,12 @@ func testLedger(t *testing.T, s *store.Store) {
 	}
 	// A re-run of the same batch (a takeover after a crash) claims nothing:
 	// u2 was in flight, so it becomes unknown, never sent twice.
-	claimed, unknown, err = s.ClaimDeliveries(ctx, e.ID, store.AudienceLive, rs, "i2", t0)
+	claimed, unknown, _, err = s.ClaimDeliveries(ctx, e.ID, store.AudienceLive, rs, store.ClaimParams{Instance: "i2", Now: t0})
 	if err != nil || len(claimed) != 0 || unknown != 1 {
 		t.Fatalf("re-claim: %d claimed, %d unknown, %v; want 0 and 1", len(claimed), unknown, err)
 	}
 	counts, err := s.DeliveryCounts(ctx, e.ID, store.AudienceLive)
-	want := map[string]int64{"sent": 1, "failed": 1, "unknown": 1}
+	want := map[pb.DeliveryState]int64{"sent": 1, "failed": 1, "unknown": 1}
 	if err != nil || fmt.Sprint(counts) != fmt.Sprint(want) {
 		t.Fatalf("counts = %v, %v; want %v", counts, err, want)
 	}
