@@ -28,9 +28,10 @@ type batchArgs struct {
 
 func (batchArgs) Kind() string { return "pushblaster.send_batch" }
 
-// batchAttempts is how often a batch with recoverable errors (a database or
-// provider outage) is tried before the execution fails.
-const batchAttempts = 10
+// batchAttempts bounds River's attempts of a batch job; restarts after a
+// shutdown count too. The batch's own recoverable failures are limited by
+// Config.PhaseAttempts, like a phase's.
+const batchAttempts = 25
 
 func (batchArgs) InsertOpts() river.InsertOpts {
 	return river.InsertOpts{UniqueOpts: river.UniqueOpts{ByArgs: true}, MaxAttempts: batchAttempts}
@@ -143,8 +144,8 @@ func (e *Engine) runBatch(ctx context.Context, job *river.Job[batchArgs]) error 
 				log.Warn("batch interrupted by shutdown; River retries it", "event", "batch.interrupted")
 				retry = errInterrupted
 				return nil
-			case perr.Recoverable && job.Attempt < job.MaxAttempts:
-				msg := fmt.Sprintf("live send batch %d failed (attempt %d of %d, %s): %s; retrying", seq, job.Attempt, job.MaxAttempts, perr.Kind, perr.Message)
+			case perr.Recoverable && job.Attempt < e.cfg.PhaseAttempts:
+				msg := fmt.Sprintf("live send batch %d failed (attempt %d of %d, %s): %s; retrying", seq, job.Attempt, e.cfg.PhaseAttempts, perr.Kind, perr.Message)
 				log.Warn("batch failed; retrying", "event", "batch.retry", "kind", perr.Kind, "error", perr.Message)
 				retry = perr
 				return e.recordEventTx(endCtx, tx, &pb.Event{AutomationID: cur.AutomationID, ExecutionID: id, Type: pb.EventError,

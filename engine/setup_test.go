@@ -220,6 +220,9 @@ type recordingSender struct {
 	block   chan struct{} // when non-nil, Send waits for it to close
 	entered chan struct{} // receives once per Send call that blocks
 	fail    error
+	// script, when set, answers pushes it returns true for (those do
+	// not count as received).
+	script func(p pb.Push) (pb.SendResult, bool)
 }
 
 func newRecordingSender() *recordingSender {
@@ -228,7 +231,7 @@ func newRecordingSender() *recordingSender {
 
 func (s *recordingSender) Send(ctx context.Context, ps []pb.Push) []pb.SendResult {
 	s.mu.Lock()
-	block, entered, fail := s.block, s.entered, s.fail
+	block, entered, fail, script := s.block, s.entered, s.fail, s.script
 	s.calls++
 	s.mu.Unlock()
 	out := make([]pb.SendResult, len(ps))
@@ -253,6 +256,12 @@ func (s *recordingSender) Send(ctx context.Context, ps []pb.Push) []pb.SendResul
 		if fail != nil {
 			out[i] = pb.SendResult{State: pb.DeliveryFailed, Attempts: 1, Err: pb.AsError(fail)}
 			continue
+		}
+		if script != nil {
+			if res, ok := script(p); ok {
+				out[i] = res
+				continue
+			}
 		}
 		s.sent[r.UserID+"/"+r.Token]++
 		s.titles[r.UserID] = append(s.titles[r.UserID], p.Message.Title)
@@ -357,4 +366,11 @@ func (b *bundle) stopMidSend(name string) (*pb.Execution, time.Time) {
 	_ = b.eng.Stop(stopCtx)
 	release()
 	return ex, send
+}
+
+// setScript sets the sender's script (see recordingSender.script).
+func (s *recordingSender) setScript(fn func(p pb.Push) (pb.SendResult, bool)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.script = fn
 }

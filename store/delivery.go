@@ -37,8 +37,9 @@ type ClaimParams struct {
 // gets one in state sending; a pending row (never requested) becomes
 // sending again. Only the returned recipients may be sent. A row already in
 // state sending belongs to an attempt that died mid-request: it becomes
-// unknown and is counted in unknown, or, with ResendUnknown, is claimed
-// again (and counted in resent).
+// unknown and is counted in unknown. With ResendUnknown, such a row and a
+// row already unknown (in flight when a sender stopped) are claimed again
+// and counted in resent.
 func (o ops) ClaimDeliveries(ctx context.Context, id int64, aud Audience, rs []pb.Recipient, p ClaimParams) (claimed []pb.Recipient, unknown, resent int64, err error) {
 	now := Canon(p.Now)
 	for start := 0; start < len(rs); start += insertBatch {
@@ -92,9 +93,9 @@ func (o ops) ClaimDeliveries(ctx context.Context, id int64, aud Audience, rs []p
 		if p.ResendUnknown {
 			in, inArgs := keysIn(keys, 5)
 			rows, err := o.q.Query(ctx, `
-				UPDATE deliveries SET attempts = attempts + 1, instance = $3, updated_at = $4,
+				UPDATE deliveries SET state = 'sending', attempts = attempts + 1, instance = $3, updated_at = $4,
 				       reason = 'claimed again: the previous attempt died in flight (on_unknown resend)'
-				WHERE execution_id = $1 AND audience = $2 AND state = 'sending' AND `+in+` RETURNING user_id, token`,
+				WHERE execution_id = $1 AND audience = $2 AND state IN ('sending', 'unknown') AND `+in+` RETURNING user_id, token`,
 				append([]any{id, string(aud), p.Instance, now}, inArgs...)...)
 			if err != nil {
 				return nil, 0, 0, dbErr(err, "claim deliveries of execution %d again", id)

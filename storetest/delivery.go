@@ -55,14 +55,20 @@ func testLedgerPending(t *testing.T, s *store.Store) {
 	if err != nil || len(c) != 1 || c[0].UserID != "u2" || unknown != 1 || resent != 0 {
 		t.Fatalf("re-claim: %v unknown=%d resent=%d %v; want [u2], 1, 0", c, unknown, resent, err)
 	}
-	// With resend, a row in flight is claimed again (u2 now is).
+	// With resend, a row in flight (u2 now is) and a row already unknown
+	// (u3) are claimed again.
 	c, unknown, resent, err = s.ClaimDeliveries(ctx, e.ID, store.AudienceLive, rs, store.ClaimParams{Instance: "i3", Now: t0, ResendUnknown: true})
-	if err != nil || len(c) != 1 || c[0].UserID != "u2" || unknown != 0 || resent != 1 {
-		t.Fatalf("resend claim: %v unknown=%d resent=%d %v; want [u2], 0, 1", c, unknown, resent, err)
+	if err != nil || len(c) != 2 || unknown != 0 || resent != 2 {
+		t.Fatalf("resend claim: %v unknown=%d resent=%d %v; want u2 and u3, 0, 2", c, unknown, resent, err)
 	}
 	if r := states(t, s, e.ID)["u2/b"]; r.State != store.DeliverySending || r.Instance != "i3" || r.Attempts != 2 {
 		t.Errorf("u2 after resend claim = %+v", r)
 	}
+	// Without resend, the rows in flight become unknown again.
+	if c, unknown, _, _ := s.ClaimDeliveries(ctx, e.ID, store.AudienceLive, rs, p); len(c) != 0 || unknown != 2 {
+		t.Fatalf("claim after resend: %v unknown=%d; want none, 2", c, unknown)
+	}
+	_ = s.FinishDeliveries(ctx, e.ID, store.AudienceLive, []store.DeliveryResult{{UserID: "u2", Token: "b", State: store.DeliverySent}}, t0)
 	// Held rows are written once, final.
 	n, err := s.HoldDeliveries(ctx, e.ID, store.AudienceLive, []store.DeliveryResult{
 		{UserID: "u4", Token: "d", State: store.DeliveryCapped, Code: "frequency_cap", Reason: "max 1 per 24h"},
