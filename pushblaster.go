@@ -77,6 +77,15 @@ type Service interface {
 	// PreviewAudience runs phase 1 of automation id without sending and
 	// reports what the audience would be.
 	PreviewAudience(ctx context.Context, id int64) (*AudiencePreview, error)
+	// ListDeliveries returns an execution's delivery ledger: who got the
+	// push, who did not, and why.
+	ListDeliveries(ctx context.Context, executionID int64, f DeliveryFilter) ([]DeliveryRecord, error)
+	// ListInvalidTokens returns the tokens providers called invalid; they
+	// are never sent to again.
+	ListInvalidTokens(ctx context.Context, f InvalidTokenFilter) ([]InvalidToken, error)
+	// DeleteInvalidToken forgets that a token is invalid, so that it is
+	// sent to again (not_found if it is not recorded).
+	DeleteInvalidToken(ctx context.Context, token string) error
 }
 
 // ApplyResult says what ApplyAutomation did.

@@ -169,3 +169,53 @@ func RetryAfter(header string, now time.Time) (wait time.Duration, ok bool) {
 	}
 	return max(at.Sub(now), 0), true
 }
+
+// DeliveryRecord is one row of an execution's delivery ledger: one push to
+// one device.
+type DeliveryRecord struct {
+	// Audience is live or test.
+	Audience string        `json:"audience"`
+	UserID   string        `json:"user_id"`
+	Token    string        `json:"token"`
+	State    DeliveryState `json:"state"`
+	// Code is the provider code of a failure (CodeUnavailable, …), or
+	// frequency_cap / cadence for a capped row.
+	Code   string `json:"code,omitempty"`
+	Reason string `json:"reason,omitempty"`
+	// Attempts is how many provider requests were made for the push.
+	Attempts  int       `json:"attempts"`
+	Instance  string    `json:"instance,omitempty"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// DeliveryFilter selects ledger rows of one execution, in (audience,
+// user_id, token) order.
+type DeliveryFilter struct {
+	Audience string        // "" for both
+	State    DeliveryState // "" for every state
+	// AfterAudience, AfterUser and AfterToken page: rows after this key.
+	AfterAudience, AfterUser, AfterToken string
+	Limit                                int // 0: no limit
+}
+
+// InvalidToken is a device token a provider called invalid (unregistered):
+// it is never sent to again until deleted.
+type InvalidToken struct {
+	Token       string    `json:"token"`
+	Provider    string    `json:"provider"`
+	UserID      string    `json:"user_id"`
+	Code        string    `json:"code,omitempty"`
+	Reason      string    `json:"reason,omitempty"`
+	ExecutionID int64     `json:"execution_id,omitempty"`
+	CreatedAt   time.Time `json:"created_at"`
+}
+
+// InvalidTokenFilter selects invalid tokens, newest first.
+type InvalidTokenFilter struct {
+	UserID   string
+	Provider string
+	// BeforeAt and BeforeToken page: tokens recorded before this one.
+	BeforeAt    time.Time
+	BeforeToken string
+	Limit       int // default 100
+}

@@ -53,7 +53,7 @@ func (b *bundle) executionAt(id int64, sendAt time.Time) *pb.Execution {
 
 func (b *bundle) ledger(id int64) map[string]store.DeliveryRow {
 	b.t.Helper()
-	rows, err := b.store.Deliveries(b.t.Context(), id, store.DeliveryFilter{Audience: store.AudienceLive})
+	rows, err := b.store.Deliveries(b.t.Context(), id, store.DeliveryFilter{Audience: "live"})
 	if err != nil {
 		b.t.Fatal(err)
 	}

@@ -427,3 +427,29 @@ func (e *Engine) ListArtifacts(ctx context.Context, id int64) ([]pb.Artifact, er
 	}
 	return e.store.Artifacts(ctx, id, e.now())
 }
+
+// ListDeliveries implements pb.Service.
+func (e *Engine) ListDeliveries(ctx context.Context, id int64, f pb.DeliveryFilter) ([]pb.DeliveryRecord, error) {
+	if _, err := e.store.GetExecutionRow(ctx, id, false); err != nil {
+		return nil, err
+	}
+	return e.store.Deliveries(ctx, id, f)
+}
+
+// ListInvalidTokens implements pb.Service.
+func (e *Engine) ListInvalidTokens(ctx context.Context, f pb.InvalidTokenFilter) ([]pb.InvalidToken, error) {
+	return e.store.InvalidTokens(ctx, f)
+}
+
+// DeleteInvalidToken implements pb.Service.
+func (e *Engine) DeleteInvalidToken(ctx context.Context, token string) error {
+	ok, err := e.store.DeleteInvalidToken(ctx, token)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return pb.Errorf(pb.KindNotFound, "token %s is not recorded as invalid", redactToken(token))
+	}
+	e.log.Info("invalid token forgotten; it will be sent to again", "event", "token.revalidated", "token", redactToken(token))
+	return nil
+}

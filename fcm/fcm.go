@@ -18,6 +18,8 @@ package fcm
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"log/slog"
@@ -67,6 +69,9 @@ type Config struct {
 	// streams per connection) and set Transport.MaxConnsPerHost, or a
 	// burst of requests dials one connection each.
 	HTTPClient *http.Client
+	// RootCAs, when set, replaces the system's trusted roots in the
+	// default client (to reach a fake FCM such as cmd/fakefcm).
+	RootCAs *x509.CertPool
 	// RequestTimeout bounds each request (default 10 s).
 	RequestTimeout time.Duration
 	// MaxInFlight is how many requests may be in flight at once across
@@ -146,7 +151,7 @@ func New(cfg Config) (*Client, error) {
 		return nil, pb.Errorf(pb.KindValidation, "fcm: endpoint %q is not an absolute http(s) URL", cfg.Endpoint).With("field", "endpoint")
 	}
 	if cfg.HTTPClient == nil {
-		cfg.HTTPClient = defaultHTTPClient()
+		cfg.HTTPClient = defaultHTTPClient(cfg.RootCAs)
 	}
 	if cfg.RequestTimeout <= 0 {
 		cfg.RequestTimeout = DefaultRequestTimeout
@@ -198,7 +203,7 @@ func (c *Client) ProjectID() string { return c.project }
 // streams per connection, new connections opened as the in-flight
 // requests need them. It pings idle connections so that a dead one is
 // noticed before a request is lost on it.
-func defaultHTTPClient() *http.Client {
+func defaultHTTPClient(roots *x509.CertPool) *http.Client {
 	p := new(http.Protocols)
 	p.SetHTTP2(true)
 	d := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
@@ -212,6 +217,7 @@ func defaultHTTPClient() *http.Client {
 		// host with no connection yet dials a thousand TLS connections.
 		MaxConnsPerHost:     4,
 		TLSHandshakeTimeout: 10 * time.Second,
+		TLSClientConfig:     &tls.Config{RootCAs: roots},
 		MaxIdleConns:        100,
 		MaxIdleConnsPerHost: 100,
 		IdleConnTimeout:     90 * time.Second,

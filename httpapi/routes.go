@@ -40,6 +40,9 @@ func (s *server) routes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /api/executions/{id}/cancel", s.authorize(s.handleCancel))
 	mux.HandleFunc("GET /api/executions/{id}/events", s.handleListEvents("execution"))
 	mux.HandleFunc("GET /api/executions/{id}/artifacts", s.handleArtifacts)
+	mux.HandleFunc("GET /api/executions/{id}/deliveries", s.handleDeliveries)
+	mux.HandleFunc("GET /api/invalid-tokens", s.handleInvalidTokens)
+	mux.HandleFunc("DELETE /api/invalid-tokens/{token}", s.authorize(s.handleDeleteInvalidToken))
 	mux.HandleFunc("GET /api/events", s.handleListEvents(""))
 
 	mux.HandleFunc("GET /api/schedule/preview", s.handleSchedulePreview)

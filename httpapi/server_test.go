@@ -24,6 +24,7 @@ import (
 	"github.com/pushblaster/pushblaster/httpapi"
 	"github.com/pushblaster/pushblaster/internal/fakeclock"
 	"github.com/pushblaster/pushblaster/internal/testdb"
+	"github.com/pushblaster/pushblaster/store"
 )
 
 // t0 is the fake "now" of every test: a Monday, 06:00 UTC.
@@ -33,6 +34,7 @@ var t0 = time.Date(2026, 6, 1, 6, 0, 0, 0, time.UTC)
 type api struct {
 	t     *testing.T
 	eng   *engine.Engine
+	store *store.Store
 	clock *fakeclock.Clock
 	srv   *httptest.Server
 	token string // sent as a bearer token when set
@@ -66,7 +68,7 @@ func newAPI(t *testing.T, opts httpapi.Options) *api {
 	}
 	srv := httptest.NewServer(httpapi.NewServer(eng, opts))
 	t.Cleanup(srv.Close)
-	return &api{t: t, eng: eng, clock: clock, srv: srv}
+	return &api{t: t, eng: eng, store: db.Store, clock: clock, srv: srv}
 }
 
 // start runs the engine until the test ends.

@@ -241,26 +241,10 @@ func (o ops) DeliveryCounts(ctx context.Context, id int64, aud Audience) (map[pb
 }
 
 // DeliveryRow is one ledger row.
-type DeliveryRow struct {
-	Audience  Audience         `json:"audience"`
-	UserID    string           `json:"user_id"`
-	Token     string           `json:"token"`
-	State     pb.DeliveryState `json:"state"`
-	Code      string           `json:"code,omitempty"`
-	Reason    string           `json:"reason,omitempty"`
-	Attempts  int              `json:"attempts"`
-	Instance  string           `json:"instance,omitempty"`
-	UpdatedAt time.Time        `json:"updated_at"`
-}
+type DeliveryRow = pb.DeliveryRecord
 
 // DeliveryFilter selects ledger rows.
-type DeliveryFilter struct {
-	Audience Audience         // "" for both
-	State    pb.DeliveryState // "" for every state
-	// After pages: rows after this (audience, user_id, token) key.
-	AfterAudience, AfterUser, AfterToken string
-	Limit                                int // 0: no limit
-}
+type DeliveryFilter = pb.DeliveryFilter
 
 // Deliveries returns an execution's ledger, ordered by audience, user and
 // token.
@@ -272,7 +256,7 @@ func (o ops) Deliveries(ctx context.Context, id int64, f ...DeliveryFilter) ([]D
 	q := `SELECT audience, user_id, token, state, code, reason, attempts, instance, updated_at FROM deliveries WHERE execution_id = $1`
 	args := []any{id}
 	if flt.Audience != "" {
-		args = append(args, string(flt.Audience))
+		args = append(args, flt.Audience)
 		q += fmt.Sprintf(" AND audience = $%d", len(args))
 	}
 	if flt.State != "" {
@@ -304,7 +288,7 @@ func (o ops) Deliveries(ctx context.Context, id int64, f ...DeliveryFilter) ([]D
 		if err := rows.Scan(&aud, &d.UserID, &d.Token, &state, &d.Code, &d.Reason, &d.Attempts, &d.Instance, &at); err != nil {
 			return nil, dbErr(err, "read deliveries of execution %d", id)
 		}
-		d.Audience, d.State, d.UpdatedAt = Audience(aud), pb.DeliveryState(state), at.t
+		d.Audience, d.State, d.UpdatedAt = aud, pb.DeliveryState(state), at.t
 		out = append(out, d)
 	}
 	return out, dbErr(rows.Err(), "read deliveries of execution %d", id)

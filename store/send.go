@@ -143,15 +143,7 @@ func (o ops) RecipientsBetween(ctx context.Context, id, afterID, lastID int64, l
 }
 
 // InvalidToken is a device token a provider called invalid.
-type InvalidToken struct {
-	Token       string    `json:"token"`
-	Provider    string    `json:"provider"`
-	UserID      string    `json:"user_id"`
-	Code        string    `json:"code,omitempty"`
-	Reason      string    `json:"reason,omitempty"`
-	ExecutionID int64     `json:"execution_id,omitempty"`
-	CreatedAt   time.Time `json:"created_at"`
-}
+type InvalidToken = pb.InvalidToken
 
 // AddInvalidTokens records tokens as invalid; tokens known already keep
 // their first record.
@@ -201,14 +193,7 @@ func (o ops) KnownInvalid(ctx context.Context, tokens []string) (map[string]Inva
 }
 
 // InvalidTokenFilter selects invalid tokens, newest first.
-type InvalidTokenFilter struct {
-	UserID   string
-	Provider string
-	// Before pages: tokens recorded before this one (created_at, token).
-	BeforeAt    time.Time
-	BeforeToken string
-	Limit       int
-}
+type InvalidTokenFilter = pb.InvalidTokenFilter
 
 // InvalidTokens lists recorded invalid tokens, newest first.
 func (o ops) InvalidTokens(ctx context.Context, f InvalidTokenFilter) ([]InvalidToken, error) {

@@ -37,6 +37,10 @@ type flagSetExt struct {
 	auto   *string
 	limit  *int
 	after  *int64
+	state  *string
+	aud    *string
+	user   *string
+	prov   *string
 }
 
 // cmdCtx is what a running command has.
@@ -108,6 +112,18 @@ func runGroup(ctx context.Context, group string, cmds map[string]command, args [
 		}
 		if x.x.after != nil {
 			fs.Int64Var(x.x.after, "after", 0, "only events after this id")
+		}
+		if x.x.state != nil {
+			fs.StringVar(x.x.state, "state", "", "only deliveries in this state (pending, sending, sent, failed, invalid_token, capped, unknown)")
+		}
+		if x.x.aud != nil {
+			fs.StringVar(x.x.aud, "audience", "", "only the live or the test send")
+		}
+		if x.x.user != nil {
+			fs.StringVar(x.x.user, "user", "", "only this user's")
+		}
+		if x.x.prov != nil {
+			fs.StringVar(x.x.prov, "provider", "", "only this provider's")
 		}
 	}
 	pos, err := parseFlags(fs, args[1:])
@@ -519,6 +535,41 @@ var executionCommands = map[string]command{
 			}
 			return nil
 		}},
+	"deliveries": {synopsis: "deliveries ID [--state S] [--audience live|test] [--limit N] [--json]   (the ledger: who got the push, who did not and why)", args: 1,
+		flags: func(x *flagSetExt) { x.state, x.aud, x.limit = new(string), new(string), new(int) },
+		run: func(ctx context.Context, x *cmdCtx) error {
+			id, err := x.executionID()
+			if err != nil {
+				return err
+			}
+			q := url.Values{}
+			q.Set("limit", strconv.Itoa(*x.x.limit))
+			if *x.x.state != "" {
+				q.Set("state", *x.x.state)
+			}
+			if *x.x.aud != "" {
+				q.Set("audience", *x.x.aud)
+			}
+			var list httpapi.DeliveryList
+			if err := x.c.do(ctx, http.MethodGet, "/api/executions/"+id+"/deliveries?"+q.Encode(), nil, &list); err != nil {
+				return err
+			}
+			if x.cf.json {
+				return printJSON(x.stdout, list)
+			}
+			tw := tabwriter.NewWriter(x.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "AUDIENCE\tUSER\tTOKEN\tSTATE\tATTEMPTS\tCODE\tREASON")
+			for _, d := range list.Deliveries {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", d.Audience, d.UserID, shortToken(d.Token), d.State, d.Attempts, d.Code, d.Reason)
+			}
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			if list.NextCursor != "" {
+				fmt.Fprintf(x.stdout, "(first %d rows; use --limit or the API's cursor for more)\n", len(list.Deliveries))
+			}
+			return nil
+		}},
 	"events": {synopsis: "events ID [--after N] [--json]", args: 1, flags: func(x *flagSetExt) { x.after = new(int64) },
 		run: func(ctx context.Context, x *cmdCtx) error {
 			id, err := x.executionID()
@@ -661,4 +712,52 @@ func runSchedule(ctx context.Context, args []string, env envFunc, stdout, stderr
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", at.Format("2006-01-02 15:04:05"), s.UTCOffset, s.UTC, s.Weekday)
 	}
 	return tw.Flush()
+}
+
+// shortToken keeps enough of a device token to recognise it in a table.
+func shortToken(t string) string {
+	if len(t) <= 16 {
+		return t
+	}
+	return t[:6] + "…" + t[len(t)-6:]
+}
+
+func runInvalidTokens(ctx context.Context, args []string, env envFunc, stdout, stderr io.Writer) error {
+	return runGroup(ctx, "invalid-tokens", invalidTokenCommands, args, env, nil, stdout, stderr)
+}
+
+var invalidTokenCommands = map[string]command{
+	"list": {synopsis: "list [--user ID] [--provider P] [--limit N] [--json]   (tokens never sent to again)",
+		flags: func(x *flagSetExt) { x.user, x.prov, x.limit = new(string), new(string), new(int) },
+		run: func(ctx context.Context, x *cmdCtx) error {
+			q := url.Values{}
+			q.Set("limit", strconv.Itoa(*x.x.limit))
+			if *x.x.user != "" {
+				q.Set("user_id", *x.x.user)
+			}
+			if *x.x.prov != "" {
+				q.Set("provider", *x.x.prov)
+			}
+			var list httpapi.InvalidTokenList
+			if err := x.c.do(ctx, http.MethodGet, "/api/invalid-tokens?"+q.Encode(), nil, &list); err != nil {
+				return err
+			}
+			if x.cf.json {
+				return printJSON(x.stdout, list)
+			}
+			tw := tabwriter.NewWriter(x.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "SINCE\tPROVIDER\tUSER\tTOKEN\tEXECUTION\tREASON")
+			for _, t := range list.InvalidTokens {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", t.CreatedAt.Format(time.RFC3339), t.Provider, t.UserID, t.Token, t.ExecutionID, t.Reason)
+			}
+			return tw.Flush()
+		}},
+	"delete": {synopsis: "delete TOKEN   (send to it again)", args: 1,
+		run: func(ctx context.Context, x *cmdCtx) error {
+			if err := x.c.do(ctx, http.MethodDelete, "/api/invalid-tokens/"+url.PathEscape(x.args[0]), nil, nil); err != nil {
+				return err
+			}
+			fmt.Fprintf(x.stdout, "token %s will be sent to again\n", shortToken(x.args[0]))
+			return nil
+		}},
 }

@@ -81,9 +81,10 @@ Engine:
   version               print the version and build
 
 Client (talks to a running server; --server, PUSHBLASTER_SERVER):
-  automation list|get|create|apply|update|delete|pause|resume|run
-  execution  list|get|cancel|events
-  schedule   preview    next send times of a cron expression
+  automation     list|get|create|apply|update|delete|pause|resume|run|preview
+  execution      list|get|cancel|events|artifacts|deliveries
+  invalid-tokens list|delete   tokens providers called invalid
+  schedule       preview       next send times of a cron expression
 
 Run "pushblaster COMMAND -h" for a command's flags.
 `
@@ -109,6 +110,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		return runAutomation(ctx, args[1:], env, stdin, stdout, stderr)
 	case "execution", "executions":
 		return runExecution(ctx, args[1:], env, stdout, stderr)
+	case "invalid-tokens":
+		return runInvalidTokens(ctx, args[1:], env, stdout, stderr)
 	case "schedule":
 		return runSchedule(ctx, args[1:], env, stdout, stderr)
 	case "version", "--version":

@@ -29,6 +29,7 @@ type serveConfig struct {
 	shutdownTimeout time.Duration
 	tokens          []string
 	audience        audienceConfig
+	delivery        deliveryConfig
 }
 
 func parseServe(args []string, env envFunc, stderr io.Writer) (*serveConfig, error) {
@@ -37,6 +38,7 @@ func parseServe(args []string, env envFunc, stderr io.Writer) (*serveConfig, err
 	c.db.register(fs, env)
 	c.log.register(fs, env)
 	c.audience.register(fs, env)
+	c.delivery.register(fs, env)
 	shutdown, err := envDuration(env, "PUSHBLASTER_SHUTDOWN_TIMEOUT", 30*time.Second)
 	if err != nil {
 		return nil, err
@@ -125,10 +127,15 @@ func runServe(ctx context.Context, args []string, env envFunc, stdout, stderr io
 		return err
 	}
 	defer closeAudience()
+	senders, rates, err := c.delivery.build(log)
+	if err != nil {
+		return err
+	}
 	eng, err := be.newEngine(engine.Config{
 		InstanceID: c.instanceID, Logger: log, TickInterval: c.tickInterval,
 		PollInterval: c.pollInterval, MaxWorkers: c.maxWorkers, RescueAfter: c.rescueAfter,
-		Audience: ac,
+		Audience: ac, Senders: senders, ProviderRates: rates,
+		SendBatchSize: c.delivery.sendBatchSize, SendChunkSize: c.delivery.sendChunkSize,
 	})
 	if err != nil {
 		return err
