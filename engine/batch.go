@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"runtime/debug"
@@ -133,6 +134,14 @@ func (e *Engine) runBatch(ctx context.Context, job *river.Job[batchArgs]) error 
 		if err != nil {
 			return err
 		}
+		// A batch taken over from this instance (declared lost while it
+		// was only slow) may have been finished elsewhere already.
+		if cur, err := tx.Batch(endCtx, id, seq); err != nil {
+			return err
+		} else if cur.State == store.BatchDone {
+			log.Warn("batch already finished elsewhere; this run's results stand in the ledger where it recorded them", "event", "batch.duplicate")
+			return e.jobs.complete(endCtx, tx, job.JobRow)
+		}
 		now := e.now()
 		note := fmt.Sprintf("done on %s", e.cfg.InstanceID)
 		if sendErr != nil {
@@ -140,7 +149,7 @@ func (e *Engine) runBatch(ctx context.Context, job *river.Job[batchArgs]) error 
 			switch {
 			case cur.Status.Final():
 				note = fmt.Sprintf("stopped on %s: execution %s", e.cfg.InstanceID, cur.Status)
-			case ctx.Err() != nil && e.stopping():
+			case (ctx.Err() != nil && e.stopping()) || errors.Is(sendErr, errFenced):
 				log.Warn("batch interrupted by shutdown; River retries it", "event", "batch.interrupted")
 				retry = errInterrupted
 				return nil
@@ -211,6 +220,11 @@ func (e *Engine) sendBatchBody(ctx context.Context, ex *pb.Execution, b store.Se
 // endLiveSend ends the live-send phase after its last batch: the ledger
 // gives the metrics; a failed execution fails the phase.
 func (e *Engine) endLiveSend(ctx context.Context, tx *store.Tx, job *rivertype.JobRow, ex *pb.Execution, retry *error, log *slog.Logger) error {
+	if rec, err := tx.GetPhase(ctx, ex.ID, pb.PhaseLiveSend); err != nil {
+		return err
+	} else if rec.Status != pb.PhaseRunning {
+		return e.jobs.complete(ctx, tx, job) // ended already
+	}
 	if _, err := tx.MarkUnknown(ctx, ex.ID, store.AudienceLive, e.now()); err != nil {
 		return err
 	}

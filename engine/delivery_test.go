@@ -404,3 +404,57 @@ func TestRateLimitAcrossEngines(t *testing.T) {
 		t.Errorf("duplicates: %v", d)
 	}
 }
+
+// TestLostInstanceIsTakenOver: an instance that stops beating mid-send (as
+// if killed) is declared lost by another, which resumes its batch at once:
+// the recipients it had in flight are unknown, the rest are sent by the
+// other instance, nobody gets the push twice.
+func TestLostInstanceIsTakenOver(t *testing.T) {
+	t.Parallel()
+	fast := func(c *engine.Config) { c.HeartbeatInterval = 20 * time.Millisecond; c.LostAfter = 100 * time.Millisecond }
+	b := setup(t, "postgres", fast)
+	a := automation("takeover")
+	a.Audience.Recipients = recipients("u", 1200)
+	a = b.create(a)
+	send := berlin(2026, 6, 1, 9, 30)
+	b.clock.Set(send.Add(-30 * time.Minute))
+	ex := b.waitPhase(b.waitExecutions(a.ID, 1)[0].ID, pb.PhaseWindow, pb.PhaseRunning)
+
+	entered, release := b.sender.hold()
+	defer release()
+	b.clock.Set(send)
+	<-entered // the first 500 are in flight on the first engine
+	engine.FreezeHeartbeat(b.eng)
+	// The frozen engine's River still fetches: if it takes the resumed
+	// batch itself, that run must not hang on the held request.
+	b.sender.letOthersThrough()
+
+	other := newRecordingSender()
+	eng2 := b.newEngine(t, b.store, fast, func(c *engine.Config) { c.Senders = map[string]pb.Sender{"record": other} })
+	b.start(eng2)
+	ex = b.waitStatus(ex.ID, pb.StatusCompleted)
+	if ex.Metrics[pb.MetricSent] != 700 || ex.Metrics[pb.MetricUnknown] != 500 {
+		t.Fatalf("metrics %v; want 700 sent by the survivor, 500 unknown", ex.Metrics)
+	}
+	release() // the frozen instance's requests come back: they did arrive
+	waitFor(t, "the frozen engine's round to end", func() (bool, string) {
+		return b.sender.total()+other.total() == 1201, fmt.Sprint(b.sender.total()+other.total())
+	})
+	for i := 1; i <= 1200; i++ {
+		u := fmt.Sprintf("u%d", i)
+		if n := b.sender.count(u) + other.count(u); n != 1 {
+			t.Fatalf("%s got %d pushes", u, n)
+		}
+	}
+	evs, err := eng2.ListEvents(t.Context(), pb.EventFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, ev := range evs {
+		found = found || (strings.Contains(ev.Message, b.eng.InstanceID()+" ") && strings.Contains(ev.Message, "lost"))
+	}
+	if !found {
+		t.Errorf("no event says instance %s was lost", b.eng.InstanceID())
+	}
+}

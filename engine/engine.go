@@ -67,6 +67,15 @@ type Config struct {
 	// ProviderRates caps each provider's sends per second over every
 	// instance (e.g. "fcm": 10,000 for FCM's default 600,000/min quota).
 	ProviderRates map[string]int
+	// HeartbeatInterval is how often this instance records that it is
+	// alive and looks at the others (default 5s).
+	HeartbeatInterval time.Duration
+	// LostAfter is how long another instance's heartbeat may stand still
+	// before it is declared lost and its running jobs resume here
+	// (default 60s; at least three heartbeats).
+	LostAfter time.Duration
+	// Version is recorded with the instance (the build's version).
+	Version string
 	// CadenceHTTPClient is the client for cadence services (default: one
 	// with the automation's timeout per request).
 	CadenceHTTPClient *http.Client
@@ -84,6 +93,8 @@ type Engine struct {
 	mu       sync.Mutex
 	stopTick context.CancelFunc
 	ticking  sync.WaitGroup
+	stopBeat context.CancelFunc
+	beating  sync.WaitGroup
 	running  map[int64]map[uint64]context.CancelCauseFunc // execution id → its running phase or batches
 	runSeq   uint64
 	versions map[versionKey]*pb.Automation // automation versions are immutable
@@ -97,6 +108,10 @@ var _ pb.Service = (*Engine)(nil)
 // use the same database as st).
 func New[TDriver riverdriver.Driver[TTx], TTx any](st *store.Store, driver TDriver, cfg Config) (*Engine, error) {
 	cfg = withDefaults(cfg)
+	if cfg.LostAfter < 3*cfg.HeartbeatInterval {
+		return nil, pb.Errorf(pb.KindValidation,
+			"lost_after %s must be at least three heartbeat intervals (%s), or a slow heartbeat would make a live instance look lost", cfg.LostAfter, 3*cfg.HeartbeatInterval)
+	}
 	if cfg.RescueAfter <= maxPhaseTimeout {
 		return nil, pb.Errorf(pb.KindValidation,
 			"rescue_after %s must be longer than the longest phase timeout (%s), or a slow phase would be run twice", cfg.RescueAfter, maxPhaseTimeout)
@@ -183,6 +198,12 @@ func withDefaults(c Config) Config {
 	if c.LateFire <= 0 {
 		c.LateFire = time.Minute
 	}
+	if c.HeartbeatInterval <= 0 {
+		c.HeartbeatInterval = 5 * time.Second
+	}
+	if c.LostAfter <= 0 {
+		c.LostAfter = 60 * time.Second
+	}
 	if c.SendBatchSize <= 0 {
 		c.SendBatchSize = defaultBatchSize
 	}
@@ -224,9 +245,16 @@ func (e *Engine) Start(ctx context.Context) error {
 	if e.started {
 		return pb.Errorf(pb.KindInternal, "engine already started")
 	}
+	if err := e.register(ctx); err != nil {
+		return err
+	}
 	if err := e.jobs.start(context.WithoutCancel(ctx)); err != nil {
 		return pb.WrapError(pb.KindDatabase, err, "start River")
 	}
+	beatCtx, stopBeat := context.WithCancel(context.WithoutCancel(ctx))
+	e.stopBeat = stopBeat
+	e.beating.Add(1)
+	go func() { defer e.beating.Done(); e.heartbeatLoop(beatCtx) }()
 	tickCtx, stopTick := context.WithCancel(context.WithoutCancel(ctx))
 	e.stopTick = stopTick
 	e.ticking.Add(1)
@@ -246,7 +274,7 @@ func (e *Engine) Stop(ctx context.Context) error {
 		return nil
 	}
 	e.started = false
-	stopTick := e.stopTick
+	stopTick, stopBeat := e.stopTick, e.stopBeat
 	e.mu.Unlock()
 	// No new fires from here on.
 	stopTick()
@@ -260,6 +288,13 @@ func (e *Engine) Stop(ctx context.Context) error {
 		err = e.jobs.stopAndCancel(hard)
 	}
 	close(e.stopped)
+	// Beat until the jobs are done: the others must not take them over
+	// while they finish here.
+	stopBeat()
+	e.beating.Wait()
+	if serr := e.store.StopInstance(context.WithoutCancel(ctx), e.cfg.InstanceID, e.now()); serr != nil {
+		e.log.Warn("cannot record the stop of this instance; the others will declare it lost", "event", "instance.stop_error", "error", serr)
+	}
 	if err != nil {
 		return pb.WrapError(pb.KindInternal, err, "stop River")
 	}

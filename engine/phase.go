@@ -144,6 +144,7 @@ func (e *Engine) runPhase(ctx context.Context, job *river.Job[phaseArgs]) error 
 		stopWatch = e.watchCancel(phaseCtx, id, cancel)
 	}
 	out := e.phaseBody(phaseCtx, ex, a, p, log)
+	fenced := errors.Is(context.Cause(phaseCtx), errFenced)
 	stopWatch()
 	untrack()
 	cancel(nil)
@@ -158,7 +159,7 @@ func (e *Engine) runPhase(ctx context.Context, job *river.Job[phaseArgs]) error 
 		if err != nil {
 			return err
 		}
-		return e.endPhase(endCtx, tx, job.JobRow, cur, p, out, ctx.Err() != nil && e.stopping(), &retry, log)
+		return e.endPhase(endCtx, tx, job.JobRow, cur, p, out, (ctx.Err() != nil && e.stopping()) || fenced, &retry, log)
 	})
 	if err != nil {
 		log.Error("cannot record phase end; the phase runs again", "event", "phase.end_error", "error", err)

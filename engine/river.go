@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"time"
@@ -25,6 +26,9 @@ type jobs interface {
 	// cancel cancels a job in tx: a waiting one never runs, a running one
 	// has its context cancelled.
 	cancel(ctx context.Context, tx *store.Tx, id int64) error
+	// rescue makes the running jobs last attempted by instance runnable
+	// again at once, and returns how many.
+	rescue(ctx context.Context, instance string, now time.Time) (int, error)
 	start(ctx context.Context) error
 	stop(ctx context.Context) error
 	stopAndCancel(ctx context.Context) error
@@ -82,6 +86,44 @@ func (r *riverJobs[TDriver, TTx]) cancel(ctx context.Context, tx *store.Tx, id i
 		return pb.WrapError(pb.KindDatabase, err, "cancel job %d", id)
 	}
 	return nil
+}
+
+func (r *riverJobs[TDriver, TTx]) rescue(ctx context.Context, instance string, now time.Time) (int, error) {
+	exec := r.client.Driver().GetExecutor()
+	horizon := now.Add(time.Second) // every job running now
+	var (
+		after int64
+		total int
+	)
+	for {
+		stuck, err := exec.JobGetStuck(ctx, &riverdriver.JobGetStuckParams{AfterID: after, Max: 1000, StuckHorizon: horizon})
+		if err != nil {
+			return total, pb.WrapError(pb.KindDatabase, err, "list running jobs")
+		}
+		p := &riverdriver.JobRescueManyParams{StuckHorizon: horizon}
+		for _, j := range stuck {
+			after = j.ID
+			if len(j.AttemptedBy) == 0 || j.AttemptedBy[len(j.AttemptedBy)-1] != instance {
+				continue
+			}
+			msg, _ := json.Marshal(rivertype.AttemptError{At: now, Attempt: j.Attempt,
+				Error: "resumed: its instance " + instance + " was declared lost"})
+			p.ID = append(p.ID, j.ID)
+			p.Error = append(p.Error, msg)
+			p.FinalizedAt = append(p.FinalizedAt, nil)
+			p.ScheduledAt = append(p.ScheduledAt, now)
+			p.State = append(p.State, string(rivertype.JobStateAvailable))
+		}
+		if len(p.ID) > 0 {
+			if _, err := exec.JobRescueMany(ctx, p); err != nil {
+				return total, pb.WrapError(pb.KindDatabase, err, "resume the jobs of instance %s", instance)
+			}
+			total += len(p.ID)
+		}
+		if len(stuck) < 1000 {
+			return total, nil
+		}
+	}
 }
 
 func (r *riverJobs[TDriver, TTx]) start(ctx context.Context) error { return r.client.Start(ctx) }

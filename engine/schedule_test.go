@@ -9,8 +9,8 @@ import (
 	"time"
 
 	pb "github.com/pushblaster/pushblaster"
-	"github.com/pushblaster/pushblaster/store"
 	"github.com/pushblaster/pushblaster/engine"
+	"github.com/pushblaster/pushblaster/store"
 )
 
 // TestEditDuringExecution: an edit (new copy, new schedule) while an

@@ -245,10 +245,10 @@ func (r *sendRun) round(ctx context.Context, rs []pb.Recipient) error {
 		sent = r.sender.Send(ctx, pushes)
 	}
 	var (
-		invalid            []store.InvalidToken
-		attempted, failed  int64
-		okCount, notTried  int
-		byCode             = map[string]int{}
+		invalid           []store.InvalidToken
+		attempted, failed int64
+		okCount, notTried int
+		byCode            = map[string]int{}
 	)
 	for k, i := range idx {
 		res := pb.SendResult{State: pb.DeliveryUnknown, Err: pb.Errorf(pb.KindInternal, "provider %s returned no result", r.a.Delivery.Provider)}
@@ -315,8 +315,8 @@ func (r *sendRun) claim(ctx context.Context, rs []pb.Recipient, held []store.Del
 	params := store.ClaimParams{Instance: e.cfg.InstanceID, Now: now, ResendUnknown: r.a.Delivery.OnUnknown == pb.OnUnknownResend}
 	capped := r.aud == store.AudienceLive && len(r.a.FrequencyCaps) > 0 && r.a.Mode != pb.ModeTest
 	var (
-		claimed          []pb.Recipient
-		unknown, resent  int64
+		claimed         []pb.Recipient
+		unknown, resent int64
 	)
 	work := func(q interface {
 		LockUsers(context.Context, []string) error

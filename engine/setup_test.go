@@ -374,3 +374,11 @@ func (s *recordingSender) setScript(fn func(p pb.Push) (pb.SendResult, bool)) {
 	defer s.mu.Unlock()
 	s.script = fn
 }
+
+// letOthersThrough keeps the Sends already held waiting but lets later
+// ones through.
+func (s *recordingSender) letOthersThrough() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.block, s.entered = nil, nil
+}

@@ -330,3 +330,51 @@ func testRateWindows(t *testing.T, s *store.Store) {
 		t.Fatal(err)
 	}
 }
+
+func testInstances(t *testing.T, s *store.Store) {
+	ctx := context.Background()
+	for _, id := range []string{"a", "b", "c"} {
+		if err := s.RegisterInstance(ctx, store.Instance{ID: id, Host: "h", PID: 7, Version: "v1", StartedAt: t0}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if lost, err := s.Heartbeat(ctx, "a", t0.Add(time.Minute)); lost || err != nil {
+		t.Fatalf("heartbeat a: %v %v", lost, err)
+	}
+	if err := s.StopInstance(ctx, "c", t0.Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	live, err := s.LiveInstances(ctx)
+	if err != nil || len(live) != 2 || live[0].ID != "a" || live[0].Beats != 1 || live[1].ID != "b" || live[1].Beats != 0 {
+		t.Fatalf("live = %+v, %v; want a (1 beat) and b (0); c stopped", live, err)
+	}
+	// A beat since the observation wins over the takeover.
+	if _, err := s.Heartbeat(ctx, "a", t0.Add(2*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := s.MarkLost(ctx, "a", 1, t0.Add(time.Minute)); ok {
+		t.Fatal("a was marked lost although it beat")
+	}
+	// Only one instance wins the takeover.
+	if ok, err := s.MarkLost(ctx, "b", 0, t0.Add(time.Minute)); !ok || err != nil {
+		t.Fatalf("mark lost: %v %v", ok, err)
+	}
+	if ok, _ := s.MarkLost(ctx, "b", 0, t0.Add(time.Minute)); ok {
+		t.Fatal("b marked lost twice")
+	}
+	// A lost instance learns it at its next heartbeat, until it registers
+	// again.
+	if lost, _ := s.Heartbeat(ctx, "b", t0.Add(2*time.Minute)); !lost {
+		t.Fatal("b's heartbeat did not report it lost")
+	}
+	if err := s.RegisterInstance(ctx, store.Instance{ID: "b", Host: "h", PID: 8, StartedAt: t0.Add(2 * time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	if lost, _ := s.Heartbeat(ctx, "b", t0.Add(3*time.Minute)); lost {
+		t.Fatal("b still lost after registering again")
+	}
+	all, err := s.Instances(ctx)
+	if err != nil || len(all) != 3 || all[0].ID != "b" || all[0].PID != 8 || all[0].LostAt != nil || all[2].StoppedAt == nil || all[2].ID != "c" {
+		t.Fatalf("instances = %+v, %v", all, err)
+	}
+}

@@ -30,6 +30,7 @@ func Run(t *testing.T, newStore func(t *testing.T) *store.Store) {
 	t.Run("SendBatches", func(t *testing.T) { t.Parallel(); testSendBatches(t, newStore(t)) })
 	t.Run("RecentPushesForCaps", func(t *testing.T) { t.Parallel(); testRecentPushes(t, newStore(t)) })
 	t.Run("RateWindows", func(t *testing.T) { t.Parallel(); testRateWindows(t, newStore(t)) })
+	t.Run("Instances", func(t *testing.T) { t.Parallel(); testInstances(t, newStore(t)) })
 	t.Run("Events", func(t *testing.T) { t.Parallel(); testEvents(t, newStore(t)) })
 	t.Run("TimesRoundTrip", func(t *testing.T) { t.Parallel(); testTimes(t, newStore(t)) })
 	t.Run("TxRollback", func(t *testing.T) { t.Parallel(); testRollback(t, newStore(t)) })

@@ -26,6 +26,8 @@ type serveConfig struct {
 	pollInterval    time.Duration
 	maxWorkers      int
 	rescueAfter     time.Duration
+	heartbeat       time.Duration
+	lostAfter       time.Duration
 	shutdownTimeout time.Duration
 	tokens          []string
 	audience        audienceConfig
@@ -54,6 +56,8 @@ func parseServe(args []string, env envFunc, stderr io.Writer) (*serveConfig, err
 	fs.DurationVar(&c.pollInterval, "poll-interval", 100*time.Millisecond, "how often due jobs are fetched; bounds how late a phase starts")
 	fs.IntVar(&c.maxWorkers, "max-workers", workers, "jobs run at once on this instance (env PUSHBLASTER_MAX_WORKERS)")
 	fs.DurationVar(&c.rescueAfter, "rescue-after", 15*time.Minute, "a job running longer than this is presumed dead with its instance and run again")
+	fs.DurationVar(&c.heartbeat, "heartbeat-interval", 5*time.Second, "how often this instance records that it is alive and watches the others")
+	fs.DurationVar(&c.lostAfter, "lost-after", 60*time.Second, "another instance silent this long is declared lost and its running jobs resume here (at least 3 heartbeat intervals)")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", shutdown, "on SIGTERM, how long running jobs may finish before they are cancelled (env PUSHBLASTER_SHUTDOWN_TIMEOUT)")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
@@ -71,7 +75,7 @@ func parseServe(args []string, env envFunc, stderr io.Writer) (*serveConfig, err
 	for _, d := range []struct {
 		name string
 		v    time.Duration
-	}{{"tick-interval", c.tickInterval}, {"poll-interval", c.pollInterval}, {"rescue-after", c.rescueAfter}, {"shutdown-timeout", c.shutdownTimeout}} {
+	}{{"tick-interval", c.tickInterval}, {"poll-interval", c.pollInterval}, {"rescue-after", c.rescueAfter}, {"heartbeat-interval", c.heartbeat}, {"lost-after", c.lostAfter}, {"shutdown-timeout", c.shutdownTimeout}} {
 		if d.v <= 0 {
 			return nil, pb.Errorf(pb.KindValidation, "--%s=%s must be positive", d.name, d.v)
 		}
@@ -136,6 +140,7 @@ func runServe(ctx context.Context, args []string, env envFunc, stdout, stderr io
 		PollInterval: c.pollInterval, MaxWorkers: c.maxWorkers, RescueAfter: c.rescueAfter,
 		Audience: ac, Senders: senders, ProviderRates: rates,
 		SendBatchSize: c.delivery.sendBatchSize, SendChunkSize: c.delivery.sendChunkSize,
+		HeartbeatInterval: c.heartbeat, LostAfter: c.lostAfter, Version: versionString(),
 	})
 	if err != nil {
 		return err
