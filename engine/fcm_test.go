@@ -76,16 +76,21 @@ func TestFCMOutageTripsTheBreaker(t *testing.T) {
 	if ex.Status != pb.StatusFailed || pb.ErrorCode(ex.Error) != "circuit_breaker" {
 		t.Fatalf("%s", describe(ex))
 	}
-	if failed := ex.Metrics[pb.MetricFailed]; failed < 100 || failed > 200 || ex.Metrics[pb.MetricSent] != 0 {
-		t.Fatalf("metrics %v; want the send stopped after 100 to 200 failures", ex.Metrics)
+	// A request that times out on a loaded machine is unknown, not failed.
+	failed, unknown := ex.Metrics[pb.MetricFailed], ex.Metrics[pb.MetricUnknown]
+	if failed < 50 || failed+unknown < 100 || failed+unknown > 250 || ex.Metrics[pb.MetricSent] != 0 {
+		t.Fatalf("metrics %v; want the send stopped after 100 to 250 attempts, most failed", ex.Metrics)
 	}
 	for u, r := range b.ledger(ex.ID) {
-		if r.Code != pb.CodeUnavailable || r.Attempts != fcm.DefaultMaxAttempts {
+		if r.State == pb.DeliveryUnknown {
+			continue
+		}
+		if r.State != pb.DeliveryFailed || r.Code != pb.CodeUnavailable || r.Attempts != fcm.DefaultMaxAttempts {
 			t.Fatalf("%s: %+v; want unavailable after %d attempts", u, r, fcm.DefaultMaxAttempts)
 		}
 	}
-	if f.Requests() != int(ex.Metrics[pb.MetricFailed])*fcm.DefaultMaxAttempts {
-		t.Errorf("FCM saw %d requests for %d failed pushes", f.Requests(), ex.Metrics[pb.MetricFailed])
+	if f.Requests() < int(failed)*fcm.DefaultMaxAttempts {
+		t.Errorf("FCM saw %d requests for %d failed pushes", f.Requests(), failed)
 	}
 }
 
