@@ -92,12 +92,15 @@ func (e *Engine) fanOut(ctx context.Context, tx *store.Tx, ex *pb.Execution, bs 
 		}
 	}
 	note := fmt.Sprintf("sending to %d recipients in %d batches", total, len(bs))
+	if len(bs) == 1 {
+		note = fmt.Sprintf("sending to %d recipients in one batch", total)
+	}
 	if err := tx.SetPhaseNote(ctx, ex.ID, pb.PhaseLiveSend, note); err != nil {
 		return err
 	}
 	log.Info("live send fanned out", "event", "send.fanout", "recipients", total, "batches", len(bs))
 	return e.recordEventTx(ctx, tx, &pb.Event{AutomationID: ex.AutomationID, ExecutionID: ex.ID, Type: pb.EventPhase,
-		Phase: pb.PhaseLiveSend, Message: "live send " + note,
+		Phase: pb.PhaseLiveSend, Message: note,
 		Data: map[string]string{"status": string(pb.PhaseRunning), "batches": fmt.Sprint(len(bs)), "recipients": fmt.Sprint(total)}})
 }
 

@@ -15,6 +15,8 @@ import (
 
 	pb "github.com/pushblaster/pushblaster"
 	"github.com/pushblaster/pushblaster/engine"
+	"github.com/pushblaster/pushblaster/fcm"
+	"github.com/pushblaster/pushblaster/fcm/fcmtest"
 	"github.com/pushblaster/pushblaster/httpapi"
 )
 
@@ -61,7 +63,21 @@ func runDemo(ctx context.Context, args []string, env envFunc, stdout, stderr io.
 	if _, err := be.migrate(ctx); err != nil {
 		return err
 	}
-	eng, err := be.newEngine(engine.Config{Logger: log})
+	// A fake FCM on loopback (HTTP/2, TLS, OAuth2 like Google's): the
+	// demo sends real FCM traffic with no Google account.
+	fake, err := fcmtest.NewServer(fcmtest.Options{Logger: log})
+	if err != nil {
+		return err
+	}
+	defer fake.Close()
+	fake.SetLatency(20 * time.Millisecond)
+	fake.Unregister(demoDeadToken)
+	fcmClient, err := fcm.New(fcm.Config{CredentialsJSON: fake.CredentialsJSON(), Endpoint: fake.URL(), HTTPClient: fake.Client(),
+		Logger: log.With("provider", "fcm")})
+	if err != nil {
+		return err
+	}
+	eng, err := be.newEngine(engine.Config{Logger: log, Senders: map[string]pb.Sender{"fcm": fcmClient}})
 	if err != nil {
 		return err
 	}
@@ -84,7 +100,8 @@ func runDemo(ctx context.Context, args []string, env envFunc, stdout, stderr io.
 	api := "http://" + ln.Addr().String()
 	fmt.Fprintf(stdout, "pushblaster demo: one automation through all five phases, about %s.\n\n", (*lead + 2*time.Second).Round(time.Second))
 	fmt.Fprintf(stdout, "  database  %s (embedded SQLite, no setup)\n", be.desc)
-	fmt.Fprintf(stdout, "  API       %s   try: curl %s/api/executions/1\n", api, api)
+	fmt.Fprintf(stdout, "  API       %s   while it runs, try: curl %s/api/executions/1/deliveries\n", api, api)
+	fmt.Fprintf(stdout, "  FCM       %s (a fake FCM on loopback: HTTP/2, TLS, OAuth2 service account)\n", fake.URL())
 	fmt.Fprintf(stdout, "  log       %s\n\n", logPath)
 
 	a := &pb.Automation{
@@ -93,18 +110,25 @@ func runDemo(ctx context.Context, args []string, env envFunc, stdout, stderr io.
 		LeadTime:     pb.DurationOf(*lead),
 		Audience:     pb.Audience{Type: pb.AudienceStatic},
 		TestAudience: []pb.Recipient{{UserID: "qa-phone", Token: "qa-device-token"}},
-		Message:      pb.Message{Title: "Welcome!", Body: "Thanks for joining.", Data: map[string]string{"screen": "home"}},
-		Delivery:     pb.Delivery{Provider: pb.ProviderLog},
+		Message: pb.Message{Title: `Welcome, {{default "friend" .first_name}}!`, Body: "Thanks for joining.",
+			Data: map[string]string{"screen": "home", "user": "{{.user_id}}"}},
+		Delivery: pb.Delivery{Provider: "fcm"},
 	}
+	names := []string{"Anna", "Ben", "Chiara", "Daniel", "Emma"}
 	for i := range *n {
-		a.Audience.Recipients = append(a.Audience.Recipients, pb.Recipient{UserID: fmt.Sprintf("user-%d", i+1), Token: fmt.Sprintf("device-token-%04d", i+1)})
+		r := pb.Recipient{UserID: fmt.Sprintf("user-%d", i+1), Token: fmt.Sprintf("device-token-%04d", i+1),
+			Data: map[string]string{"first_name": names[i%len(names)]}}
+		if i == 1 {
+			r.Token = demoDeadToken // an app that was uninstalled
+		}
+		a.Audience.Recipients = append(a.Audience.Recipients, r)
 	}
 	a, err = eng.CreateAutomation(ctx, a)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "created automation %d %q: %d recipients, 1 test device, provider %q (a dry run: pushes are logged, not sent)\n",
-		a.ID, a.Name, len(a.Audience.Recipients), a.Delivery.Provider)
+	fmt.Fprintf(stdout, "created automation %d %q: %d recipients, 1 test device, provider %q, title %q\n",
+		a.ID, a.Name, len(a.Audience.Recipients), a.Delivery.Provider, a.Message.Title)
 	ex, err := eng.RunAutomation(ctx, a.ID, pb.RunParams{})
 	if err != nil {
 		return err
@@ -118,8 +142,17 @@ func runDemo(ctx context.Context, args []string, env envFunc, stdout, stderr io.
 	}
 	fmt.Fprintln(stdout)
 	printPhaseTable(stdout, final)
-	fmt.Fprintf(stdout, "\nexecution %d %s in %s: sent %d of %d, test sent %d.\n", final.ID, final.Status,
-		time.Since(start).Round(100*time.Millisecond), final.Metrics[pb.MetricSent], final.Metrics[pb.MetricAudienceSize], final.Metrics[pb.MetricTestSent])
+	fmt.Fprintf(stdout, "\nexecution %d %s in %s: sent %d of %d, invalid token %d, test sent %d.\n", final.ID, final.Status,
+		time.Since(start).Round(100*time.Millisecond), final.Metrics[pb.MetricSent], final.Metrics[pb.MetricAudienceSize],
+		final.Metrics[pb.MetricInvalidToken], final.Metrics[pb.MetricTestSent])
+	fmt.Fprintf(stdout, "the fake FCM accepted %d pushes in %d requests, for example:\n", fake.Total(), fake.Requests())
+	for _, r := range a.Audience.Recipients[:min(3, len(a.Audience.Recipients))] {
+		if got := fake.Received(r.Token); len(got) > 0 {
+			fmt.Fprintf(stdout, "  %-8s %q  data %v\n", r.UserID, got[0].Title, got[0].Data)
+		} else {
+			fmt.Fprintf(stdout, "  %-8s nothing: FCM answered UNREGISTERED; the token is listed at %s/api/invalid-tokens and never sent to again\n", r.UserID, api)
+		}
+	}
 	fmt.Fprintln(stdout, "Everything above is stored: `pushblaster serve` runs this engine for real; see README.md.")
 	if *keep {
 		fmt.Fprintf(stdout, "kept %s\n", dir)
@@ -200,3 +233,7 @@ func printPhaseTable(w io.Writer, ex *pb.Execution) {
 	}
 	_ = tw.Flush()
 }
+
+// demoDeadToken is the demo's uninstalled app: the fake FCM answers
+// UNREGISTERED for it.
+const demoDeadToken = "device-token-uninstalled"
