@@ -13,6 +13,10 @@ import (
 type Push struct {
 	Recipient Recipient
 	Message   Message
+	// Key identifies this push across retries and resumed sends, and
+	// differs between executions: "EXECUTION/AUDIENCE" (the recipient
+	// adds user and token). Providers that support idempotency use it.
+	Key string
 }
 
 // Sender delivers pushes for one provider. The engine writes the ledger

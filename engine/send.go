@@ -36,6 +36,7 @@ type sendRun struct {
 	// other batches for the circuit breaker); -1 for a send run inline.
 	seq     int
 	cadence *cadence.Client
+	key     string // pb.Push.Key of this send
 
 	// Counters of this run (inline runs feed the breaker from them).
 	attempted, failed int64
@@ -53,7 +54,7 @@ func (e *Engine) newSendRun(ex *pb.Execution, a *pb.Automation, aud store.Audien
 	if err != nil {
 		return nil, err
 	}
-	r := &sendRun{e: e, ex: ex, a: a, aud: aud, sender: sender, tmpl: tmpl, log: log, seq: seq}
+	r := &sendRun{e: e, ex: ex, a: a, aud: aud, sender: sender, tmpl: tmpl, log: log, seq: seq, key: fmt.Sprintf("%d/%s", ex.ID, aud)}
 	if aud == store.AudienceLive && a.Cadence != nil && a.Mode != pb.ModeTest {
 		c, err := cadence.New(cadence.Config{URL: a.Cadence.URL, Timeout: a.Cadence.TimeoutD(), OnError: a.Cadence.OnError,
 			HTTPClient: e.cfg.CadenceHTTPClient, Logger: log})
@@ -237,7 +238,7 @@ func (r *sendRun) round(ctx context.Context, rs []pb.Recipient) error {
 			results[i].State, results[i].Code, results[i].Reason, results[i].Attempts = store.DeliveryFailed, pb.CodeTemplate, pe.Message, 0
 			continue
 		}
-		pushes = append(pushes, pb.Push{Recipient: *rc, Message: m})
+		pushes = append(pushes, pb.Push{Recipient: *rc, Message: m, Key: r.key})
 		idx = append(idx, i)
 	}
 	var sent []pb.SendResult

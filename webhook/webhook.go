@@ -11,8 +11,9 @@
 //	             "timezone": "…", "title": "…", "body": "…", "image": "…",
 //	             "data": {"key": "value"}}]}
 //
-// batch_id is the hex SHA-256 of the batch's user ids and tokens (see
-// [Batch]); sent_at is when the batch was first sent. The body of a retry is
+// batch_id is the hex SHA-256 of the batch's push keys (which name the
+// execution, so the next day's send to the same people gets new ids), user
+// ids and tokens (see [Batch]); sent_at is when the batch was first sent. The body of a retry is
 // byte for byte the body of the first attempt. The headers are
 //
 //	X-Pushblaster-Timestamp: <unix seconds of this attempt>
@@ -599,11 +600,14 @@ type Result struct {
 	Reason string `json:"reason,omitempty"`
 }
 
-// batchID identifies a batch by its recipients, so that every retry of it
-// carries the same Idempotency-Key.
+// batchID identifies a batch by its pushes' keys (which name the
+// execution) and recipients, so that every retry of it carries the same
+// Idempotency-Key and the next day's send to the same people does not.
 func batchID(ps []pb.Push) string {
 	h := sha256.New()
 	for _, p := range ps {
+		io.WriteString(h, p.Key)
+		h.Write([]byte{0})
 		io.WriteString(h, p.Recipient.UserID)
 		h.Write([]byte{0})
 		io.WriteString(h, p.Recipient.Token)

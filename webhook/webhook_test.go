@@ -201,7 +201,8 @@ func TestRequestIsSignedAndVerifies(t *testing.T) {
 	if sig != webhook.Sign(secret, t0.Unix(), r.body) {
 		t.Errorf("signature = %q, want Sign's %q", sig, webhook.Sign(secret, t0.Unix(), r.body))
 	}
-	h := sha256.Sum256([]byte("u0\x00t0\x00u1\x00t1\x00"))
+	// The pushes' keys (empty here) come first, then user and token.
+	h := sha256.Sum256([]byte("\x00u0\x00t0\x00\x00u1\x00t1\x00"))
 	if id := hex.EncodeToString(h[:]); r.batch.BatchID != id || r.header.Get(webhook.HeaderIdempotencyKey) != id {
 		t.Errorf("batch_id = %q, Idempotency-Key = %q, want both %q", r.batch.BatchID, r.header.Get(webhook.HeaderIdempotencyKey), id)
 	}
