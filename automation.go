@@ -173,7 +173,7 @@ type Delivery struct {
 	// RatePerSecond caps this automation's sends per second, in total
 	// over every instance; 0 is no limit of its own (the provider's
 	// global limit still applies).
-	RatePerSecond int `json:"rate_per_second,omitempty"`
+	RatePerSecond int `json:"rate_per_second"`
 	// MaxErrorRatio is the circuit breaker: when more than this share of
 	// a send's requests fail (after at least BreakerMinAttempts), the send
 	// stops and the execution fails as external. Default 0.2; 1 disables.

@@ -18,6 +18,9 @@ func (d *Delivery) normalize(v *Validation) {
 	}
 	if r := d.MaxErrorRatio; r != nil && (*r <= 0 || *r > 1) {
 		v.Add("delivery.max_error_ratio", "is %g; it must be above 0 and at most 1 (1 never trips)", *r)
+	} else if r == nil {
+		def := DefaultMaxErrorRatio
+		d.MaxErrorRatio = &def
 	}
 	switch d.OnUnknown {
 	case "":

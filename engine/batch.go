@@ -156,8 +156,9 @@ func (e *Engine) runBatch(ctx context.Context, job *river.Job[batchArgs]) error 
 				log.Warn("batch interrupted by shutdown; River retries it", "event", "batch.interrupted")
 				retry = errInterrupted
 				return nil
-			case perr.Recoverable && job.Attempt < e.cfg.PhaseAttempts:
-				msg := fmt.Sprintf("live send batch %d failed (attempt %d of %d, %s): %s; retrying", seq, job.Attempt, e.cfg.PhaseAttempts, perr.Kind, perr.Message)
+			case perr.Recoverable && !isLast(endCtx, tx, id, seq, e.cfg.PhaseAttempts):
+				// Only the batch's own failures count, not restarts.
+				msg := fmt.Sprintf("live send batch %d failed (%s): %s; retrying (at most %d failures)", seq, perr.Kind, perr.Message, e.cfg.PhaseAttempts)
 				log.Warn("batch failed; retrying", "event", "batch.retry", "kind", perr.Kind, "error", perr.Message)
 				retry = perr
 				return e.recordEventTx(endCtx, tx, &pb.Event{AutomationID: cur.AutomationID, ExecutionID: id, Type: pb.EventError,
@@ -217,7 +218,20 @@ func (e *Engine) sendBatchBody(ctx context.Context, ex *pb.Execution, b store.Se
 	defer untrack()
 	stop := e.watchCancel(bctx, ex.ID, cancel)
 	defer stop()
-	return run.sendRange(bctx, b.FirstID, b.LastID)
+	err = run.sendRange(bctx, b.FirstID, b.LastID)
+	if err != nil && errors.Is(context.Cause(bctx), errFenced) {
+		// Whatever failed (often a query cut short), the reason is that
+		// this instance was declared lost.
+		return pb.WrapError(pb.KindAbort, errFenced, "live send batch %d", b.Seq)
+	}
+	return err
+}
+
+// isLast counts a failure of batch seq and reports whether it used up the
+// batch's budget of attempts. A counting error counts as the last.
+func isLast(ctx context.Context, tx *store.Tx, id int64, seq, budget int) bool {
+	n, err := tx.BatchFailed(ctx, id, seq)
+	return err != nil || n >= budget
 }
 
 // endLiveSend ends the live-send phase after its last batch: the ledger

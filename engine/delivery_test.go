@@ -72,10 +72,18 @@ func TestTemplatesRenderPerRecipient(t *testing.T) {
 		b := setup(t, dialect)
 		a := automation("personal")
 		a.Message.Title = `Hi {{default "there" .first_name}}`
-		a.Audience.Recipients = []pb.Recipient{{UserID: "u1", Token: "t1", Data: map[string]string{"first_name": "Anna"}}, {UserID: "u2", Token: "t2"}}
+		a.Message.Body = `{{if .code}}code {{slice .code 0 4}}{{end}}`
+		a.Audience.Recipients = []pb.Recipient{{UserID: "u1", Token: "t1", Data: map[string]string{"first_name": "Anna", "code": "ABCDEF"}},
+			{UserID: "u2", Token: "t2"}, {UserID: "u3", Token: "t3", Data: map[string]string{"code": "AB"}}}
 		ex := b.runOnce(b.create(a), 1)
 		if ex.Status != pb.StatusCompleted || fmt.Sprint(b.sender.titlesOf("u1"), b.sender.titlesOf("u2")) != "[Hi Anna] [Hi there]" {
 			t.Fatalf("%s titles %v %v", describe(ex), b.sender.titlesOf("u1"), b.sender.titlesOf("u2"))
+		}
+		// A template that fails for one recipient's data fails that push
+		// only, without a request.
+		if r := b.ledger(ex.ID)["u3"]; r.State != pb.DeliveryFailed || r.Code != pb.CodeTemplate || r.Attempts != 0 ||
+			!strings.Contains(r.Reason, "message.body") || b.sender.count("u3") != 0 || ex.Metrics[pb.MetricSent] != 2 {
+			t.Errorf("u3 = %+v, metrics %v", r, ex.Metrics)
 		}
 	})
 }

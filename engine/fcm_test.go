@@ -111,8 +111,13 @@ func TestFCMCancelMidSend(t *testing.T) {
 	ex := b.waitPhase(b.waitExecutions(a.ID, 1)[0].ID, pb.PhaseWindow, pb.PhaseRunning)
 	b.clock.Set(send)
 	waitFor(t, "some pushes to go out", func() (bool, string) { return f.Total() >= 300, fmt.Sprint(f.Total()) })
-	if _, err := b.eng.CancelExecution(t.Context(), ex.ID, pb.CancelParams{Force: true, Reason: "wrong message"}); err != nil {
+	got, err := b.eng.CancelExecution(t.Context(), ex.ID, pb.CancelParams{Force: true, Reason: "wrong message"})
+	if err != nil {
 		t.Fatal(err)
+	}
+	// The answer to the cancel already says how far the send got.
+	if got.Metrics[pb.MetricSent] == 0 {
+		t.Errorf("cancel answered metrics %v; want the pushes sent so far", got.Metrics)
 	}
 	ex = b.waitPhase(ex.ID, pb.PhaseCleanup, pb.PhaseCompleted)
 	if ex.Status != pb.StatusCancelled || ex.PhaseRecord(pb.PhaseLiveSend).Status != pb.PhaseCancelled {

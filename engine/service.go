@@ -322,7 +322,7 @@ func (e *Engine) CancelExecution(ctx context.Context, id int64, p pb.CancelParam
 		return nil, err
 	}
 	e.log.Warn("execution cancelled", "event", "execution.cancel", "automation_id", out.AutomationID, "execution_id", id, "reason", out.Reason)
-	return out, nil
+	return out, e.liveProgress(ctx, out)
 }
 
 // cancelInTx cancels ex. A waiting phase (the audience phase not started
@@ -401,7 +401,31 @@ func waitingPhase(ex *pb.Execution) pb.Phase {
 
 // GetExecution implements pb.Service.
 func (e *Engine) GetExecution(ctx context.Context, id int64) (*pb.Execution, error) {
-	return e.store.GetExecution(ctx, id, false)
+	ex, err := e.store.GetExecution(ctx, id, false)
+	if err != nil {
+		return nil, err
+	}
+	return ex, e.liveProgress(ctx, ex)
+}
+
+// liveProgress fills the send metrics of a live send still running from
+// its ledger (they are stored when the phase ends), so that a look in the
+// middle of a big send shows how far it got.
+func (e *Engine) liveProgress(ctx context.Context, ex *pb.Execution) error {
+	if ex.PhaseRecord(pb.PhaseLiveSend).Status != pb.PhaseRunning {
+		return nil
+	}
+	counts, err := e.store.DeliveryCounts(ctx, ex.ID, store.AudienceLive)
+	if err != nil {
+		return err
+	}
+	if ex.Metrics == nil {
+		ex.Metrics = map[string]int64{}
+	}
+	for k, v := range ledgerMetrics(store.AudienceLive, counts) {
+		ex.Metrics[k] = v
+	}
+	return nil
 }
 
 // ListExecutions implements pb.Service.

@@ -161,9 +161,11 @@ func (o ops) FinishDeliveries(ctx context.Context, id int64, aud Audience, resul
 	groups := map[outcome][][2]string{}
 	var order []outcome
 	for _, r := range results {
-		k := outcome{r.State, r.Code, r.Reason, max(r.Attempts-1, 0)}
+		// The claim counted one attempt; no request (a push never
+		// requested, a template that did not render) takes it back.
+		k := outcome{r.State, r.Code, r.Reason, r.Attempts - 1}
 		if r.State == DeliveryPending {
-			k.extra = -1 // the claim's attempt never happened
+			k.extra = -1
 		}
 		if _, ok := groups[k]; !ok {
 			order = append(order, k)

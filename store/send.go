@@ -123,6 +123,14 @@ func (o ops) BatchProgress(ctx context.Context, id int64, seq int, attempted, fa
 	return totalAttempted, totalFailed, dbErr(err, "sum the send batches of execution %d", id)
 }
 
+// BatchFailed counts a recoverable failure of a batch and returns how many
+// it has had.
+func (o ops) BatchFailed(ctx context.Context, id int64, seq int) (int, error) {
+	var n int
+	err := o.q.QueryRow(ctx, `UPDATE send_batches SET failures = failures + 1 WHERE execution_id = $1 AND seq = $2 RETURNING failures`, id, seq).Scan(&n)
+	return n, dbErr(err, "count a failure of send batch %d of execution %d", seq, id)
+}
+
 // FinishBatch marks a batch done with a note and returns how many batches
 // of the execution are not done yet. Call it with the execution row locked
 // so that exactly one batch sees zero.

@@ -38,6 +38,7 @@ type deliveryConfig struct {
 	webhookBatchSize int
 	webhookTimeout   time.Duration
 	webhookRate      int
+	webhookRetry     bool
 
 	sendBatchSize int
 	sendChunkSize int
@@ -62,6 +63,7 @@ func (c *deliveryConfig) register(fs *flag.FlagSet, env envFunc) {
 	fs.IntVar(&c.webhookBatchSize, "webhook-batch-size", webhook.DefaultBatchSize, "webhook: pushes per request")
 	fs.DurationVar(&c.webhookTimeout, "webhook-timeout", webhook.DefaultTimeout, "webhook: timeout of one request")
 	fs.IntVar(&c.webhookRate, "webhook-rate", 0, "webhook: most sends per second over every instance; 0 is no limit")
+	fs.BoolVar(&c.webhookRetry, "webhook-retry-unknown", false, "webhook: retry a batch whose request may have reached the receiver (only if it drops repeated Idempotency-Keys)")
 	fs.IntVar(&c.sendBatchSize, "send-batch-size", 5000, "recipients per live-send batch job (the unit of work shared by instances)")
 	fs.IntVar(&c.sendChunkSize, "send-chunk-size", 250, "pushes claimed in the ledger and handed to the provider at once")
 }
@@ -122,7 +124,7 @@ func (c *deliveryConfig) build(log *slog.Logger) (senders map[string]pb.Sender, 
 			return nil, nil, pb.Errorf(pb.KindValidation, "--webhook-url needs PUSHBLASTER_WEBHOOK_SECRET (the HMAC key the receiver verifies signatures with)")
 		}
 		s, err := webhook.New(webhook.Config{URL: c.webhookURL, Secret: []byte(c.webhookSecret), BatchSize: c.webhookBatchSize,
-			Timeout: c.webhookTimeout, Logger: log.With("provider", "webhook")})
+			Timeout: c.webhookTimeout, RetryUnknown: c.webhookRetry, Logger: log.With("provider", "webhook")})
 		if err != nil {
 			return nil, nil, err
 		}

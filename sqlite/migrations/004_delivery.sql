@@ -32,6 +32,7 @@ CREATE TABLE send_batches (
     state        TEXT        NOT NULL DEFAULT 'pending',
     attempted    BIGINT      NOT NULL DEFAULT 0,
     failed       BIGINT      NOT NULL DEFAULT 0,
+    failures     INTEGER     NOT NULL DEFAULT 0,
     instance     TEXT        NOT NULL DEFAULT '',
     note         TEXT        NOT NULL DEFAULT '',
     updated_at   TEXT        NOT NULL,
