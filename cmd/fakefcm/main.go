@@ -9,7 +9,9 @@
 //   - staging: point the fcm sender's endpoint at it and exercise failure
 //     handling with --fail-rate, --quota and --unregistered;
 //   - benchmarks: --latency 20ms gives FCM's round trip, and the counters
-//     prove that every push was accepted exactly once.
+//     prove that every push was accepted exactly once (--stats-file with
+//     --expect-tokens); --token-out hands a load tool such as h2load an
+//     access token to send with.
 //
 // It writes the service-account key file the sender needs
 // (--credentials-out; its token_uri points at the fake) and the
@@ -24,6 +26,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -33,6 +36,9 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/oauth2"
+	"golang.org/x/oauth2/jwt"
 
 	"github.com/pushblaster/pushblaster/fcm/fcmtest"
 )
@@ -65,6 +71,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		certOut      = fs.String("cert-out", "", "write the server's certificate (PEM) here")
 		unregistered = fs.String("unregistered", "", "file of tokens (one per line) answered UNREGISTERED")
 		stats        = fs.Bool("stats", false, "print counters to stderr every second")
+		statsFile    = fs.String("stats-file", "", "on stop, write the counters (JSON) here")
+		expect       = fs.String("expect-tokens", "", "file of tokens (one per line) each expected exactly once; on stop, --stats-file and stderr say how many were accepted once, never or more often")
+		tokenOut     = fs.String("token-out", "", "write a valid access token here, fetched from the fake's own token endpoint, for load tools (valid 1 h)")
 	)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -81,6 +90,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	default:
 		return fmt.Errorf("--fail-code %q: use UNAVAILABLE, INTERNAL, QUOTA_EXCEEDED, UNREGISTERED, INVALID_ARGUMENT, "+
 			"SENDER_ID_MISMATCH, THIRD_PARTY_AUTH_ERROR or UNAUTHENTICATED", *failCode)
+	}
+	var want []string
+	if *expect != "" {
+		var err error
+		if want, err = readTokens(*expect); err != nil {
+			return err
+		}
 	}
 	var gone []string
 	if *unregistered != "" {
@@ -110,6 +126,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("write certificate: %w", err)
 		}
 	}
+	if *tokenOut != "" {
+		tok, err := accessToken(ctx, srv)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(*tokenOut, []byte(tok+"\n"), 0o600); err != nil {
+			return fmt.Errorf("write access token: %w", err)
+		}
+	}
 	fmt.Fprintln(stdout, srv.URL())
 	fmt.Fprintf(stderr, "fakefcm: serving project %s on %s (%d unregistered tokens)\n", srv.ProjectID(), srv.URL(), len(gone))
 
@@ -117,8 +142,82 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		go printStats(ctx, srv, stderr)
 	}
 	<-ctx.Done()
-	fmt.Fprintf(stderr, "fakefcm: stopping: %d requests, %d accepted\n", srv.Requests(), srv.Total())
+	st := counters(srv, want, *expect != "")
+	fmt.Fprintf(stderr, "fakefcm: stopping: %d requests, %d accepted\n", st.Requests, st.Accepted)
+	if st.Expected != nil {
+		e := st.Expected
+		fmt.Fprintf(stderr, "fakefcm: expected tokens: %d, accepted once %d, never %d, more than once %d\n",
+			e.Tokens, e.Once, e.Missing, e.Repeated)
+	}
+	if *statsFile != "" {
+		data, _ := json.MarshalIndent(st, "", "  ")
+		if err := os.WriteFile(*statsFile, append(data, '\n'), 0o644); err != nil {
+			return fmt.Errorf("write stats: %w", err)
+		}
+	}
 	return nil
+}
+
+// stats is what --stats-file holds.
+type stats struct {
+	Requests      int `json:"requests"`
+	Accepted      int `json:"accepted"`
+	TokenRequests int `json:"token_requests"`
+	PeakInFlight  int `json:"peak_in_flight"`
+	// Expected is the check of --expect-tokens (absent without it).
+	Expected *expected `json:"expected,omitempty"`
+}
+
+type expected struct {
+	Tokens   int `json:"tokens"`
+	Once     int `json:"once"`
+	Missing  int `json:"missing"`
+	Repeated int `json:"repeated"`
+	// Examples are up to 10 tokens not accepted exactly once.
+	Examples []string `json:"examples,omitempty"`
+}
+
+func counters(srv *fcmtest.Server, want []string, check bool) stats {
+	st := stats{Requests: srv.Requests(), Accepted: srv.Total(), TokenRequests: srv.TokenRequests(), PeakInFlight: srv.PeakInFlight()}
+	if !check {
+		return st
+	}
+	e := &expected{Tokens: len(want)}
+	for _, t := range want {
+		switch n := srv.Count(t); {
+		case n == 1:
+			e.Once++
+			continue
+		case n == 0:
+			e.Missing++
+		default:
+			e.Repeated++
+		}
+		if len(e.Examples) < 10 {
+			e.Examples = append(e.Examples, t)
+		}
+	}
+	st.Expected = e
+	return st
+}
+
+// accessToken fetches an access token from the fake's token endpoint with
+// the JWT-bearer flow of its own service account, as a sender would.
+func accessToken(ctx context.Context, srv *fcmtest.Server) (string, error) {
+	var key struct {
+		PrivateKey   string `json:"private_key"`
+		PrivateKeyID string `json:"private_key_id"`
+	}
+	if err := json.Unmarshal(srv.CredentialsJSON(), &key); err != nil {
+		return "", fmt.Errorf("access token: %w", err)
+	}
+	conf := &jwt.Config{Email: srv.ClientEmail(), PrivateKey: []byte(key.PrivateKey), PrivateKeyID: key.PrivateKeyID,
+		Scopes: []string{fcmtest.ScopeFirebaseMessaging}, TokenURL: srv.TokenURI()}
+	tok, err := conf.TokenSource(context.WithValue(ctx, oauth2.HTTPClient, srv.Client())).Token()
+	if err != nil {
+		return "", fmt.Errorf("access token: %w", err)
+	}
+	return tok.AccessToken, nil
 }
 
 // printStats writes one line of counters per second until ctx ends.

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"net/http"
 	"os"
 	"os/exec"
@@ -20,7 +21,8 @@ import (
 )
 
 // TestBinary builds fakefcm, runs it, sends through the fcm client with
-// the files it wrote, and stops it with SIGTERM.
+// the files it wrote and once with the --token-out token, and stops it
+// with SIGTERM.
 func TestBinary(t *testing.T) {
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "fakefcm")
@@ -32,9 +34,14 @@ func TestBinary(t *testing.T) {
 	if err := os.WriteFile(gone, []byte("# uninstalled\ngone-1\n\ngone-2\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	expect, statsFile, tokenFile := filepath.Join(dir, "expect.txt"), filepath.Join(dir, "stats.json"), filepath.Join(dir, "token.txt")
+	if err := os.WriteFile(expect, []byte("tok-1\ntok-2\ntok-3\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 
 	cmd := exec.Command(bin, "--listen", "127.0.0.1:0", "--credentials-out", creds, "--cert-out", cert,
-		"--unregistered", gone, "--latency", "1ms", "--stats")
+		"--unregistered", gone, "--latency", "1ms", "--stats",
+		"--expect-tokens", expect, "--stats-file", statsFile, "--token-out", tokenFile)
 	var stderr syncBuffer
 	cmd.Stderr = &stderr
 	stdout, err := cmd.StdoutPipe()
@@ -103,6 +110,30 @@ func TestBinary(t *testing.T) {
 		t.Errorf("results %+v %+v", res[0], res[1])
 	}
 
+	// A load tool's request: the --token-out token, a body of its own.
+	tok, err := os.ReadFile(tokenFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Transport: tr}
+	for range 2 {
+		req, err := http.NewRequest(http.MethodPost, url+"/v1/projects/fake-project/messages:send",
+			strings.NewReader(`{"message":{"token":"tok-2","notification":{"title":"Hello"}}}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("send with the --token-out token: %s", resp.Status)
+		}
+	}
+
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -114,8 +145,27 @@ func TestBinary(t *testing.T) {
 	case <-time.After(time.Minute):
 		t.Fatalf("still running after SIGTERM; stderr:\n%s", stderr.String())
 	}
-	if !strings.Contains(stderr.String(), "2 requests, 1 accepted") {
+	if !strings.Contains(stderr.String(), "4 requests, 3 accepted") ||
+		!strings.Contains(stderr.String(), "expected tokens: 3, accepted once 1, never 1, more than once 1") {
 		t.Errorf("stderr:\n%s", stderr.String())
+	}
+	data, err := os.ReadFile(statsFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		Requests, Accepted int
+		Expected           struct {
+			Tokens, Once, Missing, Repeated int
+			Examples                        []string
+		}
+	}
+	if err := json.Unmarshal(data, &st); err != nil {
+		t.Fatalf("%v in %s", err, data)
+	}
+	if st.Requests != 4 || st.Accepted != 3 || st.Expected.Tokens != 3 || st.Expected.Once != 1 ||
+		st.Expected.Missing != 1 || st.Expected.Repeated != 1 || strings.Join(st.Expected.Examples, " ") != "tok-2 tok-3" {
+		t.Errorf("stats file:\n%s", data)
 	}
 }
 
