@@ -302,14 +302,14 @@ func (s *Sender) deliver(ctx context.Context, p *pb.Push) pb.SendResult {
 			if !o.hasRetryAfter {
 				wait = s.backoff.Delay(res.Attempts, s.rand())
 			}
-			s.log.Debug("apns: retrying", "user_id", p.Recipient.UserID, "attempt", res.Attempts,
+			s.log.Debug("apns: retrying", "event", "apns.retry", "user_id", p.Recipient.UserID, "attempt", res.Attempts,
 				"code", pb.ErrorCode(o.err), "wait", wait)
 			if err := s.sleep(ctx, wait); err != nil {
 				return stopped(ctx, res)
 			}
 		default:
 			if o.state == pb.DeliveryUnknown {
-				s.log.Warn("apns: outcome unknown", "user_id", p.Recipient.UserID, "err", o.err.Message)
+				s.log.Warn("apns: outcome unknown", "event", "apns.unknown", "user_id", p.Recipient.UserID, "err", o.err.Message)
 			}
 			return res
 		}
@@ -344,6 +344,6 @@ func (s *Sender) refresh(stale string) error {
 	if _, err := s.token.Generate(); err != nil {
 		return err
 	}
-	s.log.Info("apns: provider token refreshed after APNs refused it", "key_id", s.token.KeyID)
+	s.log.Info("apns: provider token refreshed after APNs refused it", "event", "apns.token_refresh", "key_id", s.token.KeyID)
 	return nil
 }

@@ -133,7 +133,7 @@ func (s *Sender) request(p *pb.Push) (*request, *pb.Error) {
 				req.n.PushType = apns2.EPushType(v)
 			}
 		default:
-			s.log.Debug("apns: override header ignored", "header", name)
+			s.log.Debug("apns: override header ignored", "event", "apns.header_ignored", "header", name)
 		}
 	}
 	return req, nil

@@ -366,7 +366,7 @@ func (s *Sender) sendBatch(ctx context.Context, ps []pb.Push, out []pb.SendResul
 		case o.maybeDelivered:
 			maybeDelivered = true
 			if !s.cfg.RetryUnknown {
-				log.Warn("webhook batch may have been delivered; not retried", "attempt", attempts, "error", o.err.Message)
+				log.Warn("webhook batch may have been delivered; not retried", "event", "webhook.unknown", "attempt", attempts, "error", o.err.Message)
 				fill(out, pb.DeliveryUnknown, o.err, attempts)
 				return
 			}
@@ -388,7 +388,7 @@ func (s *Sender) sendBatch(ctx context.Context, ps []pb.Push, out []pb.SendResul
 		if o.hold > 0 || pb.ErrorCode(o.err) == pb.CodeQuotaExceeded {
 			s.holdFor(backoff)
 		}
-		log.Debug("webhook batch retried", "attempt", attempts, "wait", backoff, "error", o.err.Message)
+		log.Debug("webhook batch retried", "event", "webhook.retry", "attempt", attempts, "wait", backoff, "error", o.err.Message)
 	}
 }
 
@@ -493,7 +493,7 @@ func (s *Sender) results(id string, ps []pb.Push, body []byte) []pb.SendResult {
 	}
 	var r Response
 	if err := json.Unmarshal(body, &r); err != nil {
-		s.log.Warn("webhook accepted a batch with a body that is not a results object; counted as sent",
+		s.log.Warn("webhook accepted a batch with a body that is not a results object; counted as sent", "event", "webhook.bad_response",
 			"batch_id", id, "error", err, "body", clean(body[:min(len(body), 200)]))
 		return out
 	}
@@ -532,7 +532,7 @@ func (s *Sender) results(id string, ps []pb.Push, body []byte) []pb.SendResult {
 	}
 	for tok, rs := range byToken {
 		if used[tok] == 0 {
-			s.log.Debug("webhook reported a token that is not in the batch", "batch_id", id, "results", len(rs))
+			s.log.Debug("webhook reported a token that is not in the batch", "event", "webhook.unknown_token", "batch_id", id, "results", len(rs))
 		}
 	}
 	return out
