@@ -5,6 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -471,7 +474,10 @@ func TestParseServeDurations(t *testing.T) {
 	if err != nil || c.shutdownTimeout != 2*time.Minute {
 		t.Errorf("the flag should win over the environment: %v %+v", err, c)
 	}
-	for _, flagName := range []string{"shutdown-timeout", "tick-interval", "poll-interval", "rescue-after"} {
+	if _, err := parse(nil, "--lost-after", "2s", "--heartbeat-interval", "1s"); err == nil || !strings.Contains(err.Error(), "--lost-after") {
+		t.Errorf("lost-after below three heartbeats: %v", err)
+	}
+	for _, flagName := range []string{"shutdown-timeout", "tick-interval", "poll-interval", "rescue-after", "heartbeat-interval", "lost-after"} {
 		_, err := parse(nil, "--"+flagName, "0s")
 		if err == nil || !strings.Contains(err.Error(), "--"+flagName) {
 			t.Errorf("--%s=0s: %v", flagName, err)
@@ -544,5 +550,48 @@ func TestVersion(t *testing.T) {
 	}
 	if !strings.HasPrefix(out.String(), "pushblaster ") || !strings.Contains(out.String(), "go1.") {
 		t.Errorf("version = %q", out.String())
+	}
+}
+
+// TestDeliveryFlags: provider flags that cannot work are refused, naming
+// the flag and the fix, before anything starts.
+func TestDeliveryFlags(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	notKey := filepath.Join(dir, "key.json")
+	if err := os.WriteFile(notKey, []byte(`{"type": "authorized_user"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{[]string{"--fcm-credentials", filepath.Join(dir, "missing.json")}, nil, "--fcm-credentials"},
+		{[]string{"--fcm-credentials", notKey}, nil, "service_account"},
+		{[]string{"--fcm-credentials", notKey, "--fcm-ca-file", notKey}, nil, "--fcm-ca-file"},
+		{[]string{"--fcm-rate", "-1"}, nil, "--fcm-rate"},
+		{[]string{"--webhook-url", "https://hooks.example/push"}, nil, "PUSHBLASTER_WEBHOOK_SECRET"},
+		{[]string{"--webhook-url", "ftp://x"}, map[string]string{"PUSHBLASTER_WEBHOOK_SECRET": "s"}, "webhook.url"},
+		{[]string{"--apns-key-file", notKey, "--apns-key-id", "K", "--apns-team-id", "T", "--apns-topic", "app"}, nil, "apns.key_file"},
+	} {
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		var d deliveryConfig
+		d.register(fs, func(k string) string { return c.env[k] })
+		if err := fs.Parse(c.args); err != nil {
+			t.Fatal(err)
+		}
+		_, _, err := d.build(slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: %v; want an error naming %s", c.args, err, c.want)
+		}
+	}
+	// Nothing configured: no providers but log (built into the engine).
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	var d deliveryConfig
+	d.register(fs, func(string) string { return "" })
+	senders, _, err := d.build(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil || len(senders) != 0 {
+		t.Errorf("defaults: %v %v", senders, err)
 	}
 }

@@ -80,6 +80,9 @@ func parseServe(args []string, env envFunc, stderr io.Writer) (*serveConfig, err
 			return nil, pb.Errorf(pb.KindValidation, "--%s=%s must be positive", d.name, d.v)
 		}
 	}
+	if c.lostAfter < 3*c.heartbeat {
+		return nil, pb.Errorf(pb.KindValidation, "--lost-after=%s must be at least three --heartbeat-interval (%s), or a slow heartbeat would make a live instance look lost", c.lostAfter, 3*c.heartbeat)
+	}
 	if c.maxWorkers <= 0 {
 		return nil, pb.Errorf(pb.KindValidation, "--max-workers=%d must be positive", c.maxWorkers)
 	}
