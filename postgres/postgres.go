@@ -7,6 +7,8 @@ import (
 	"embed"
 	"errors"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -131,7 +133,9 @@ func Pending(ctx context.Context, pool *pgxpool.Pool) ([]string, error) {
 }
 
 // NewConn adapts a pool to store.Conn.
-func NewConn(pool *pgxpool.Pool) store.Conn { return &conn{querier{pool}, pool} }
+func NewConn(pool *pgxpool.Pool) store.Conn {
+	return &conn{pool: pool, wait: cmpOr(pool.Config().ConnConfig.ConnectTimeout, DefaultConnectTimeout)}
+}
 
 type pgxQuerier interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
@@ -170,38 +174,138 @@ type pgxRow struct{ pgx.Row }
 
 func (r pgxRow) Scan(dest ...any) error { return interpretError(r.Row.Scan(dest...)) }
 
+// conn runs pool-level statements on a connection it acquires with a
+// bounded wait: an exhausted pool is a typed database error with the
+// numbers, never a silent hang.
 type conn struct {
-	querier
 	pool *pgxpool.Pool
+	// wait bounds acquiring a connection (the pool's connect timeout).
+	wait time.Duration
+	// waiting counts the statements waiting for a connection now.
+	waiting atomic.Int64
 }
+
+// acquire takes a connection, waiting at most c.wait.
+func (c *conn) acquire(ctx context.Context) (*pgxpool.Conn, error) {
+	actx, cancel := context.WithTimeout(ctx, c.wait)
+	defer cancel()
+	c.waiting.Add(1)
+	pc, err := c.pool.Acquire(actx)
+	waiting := c.waiting.Add(-1)
+	if err == nil {
+		return pc, nil
+	}
+	if ctx.Err() == nil && actx.Err() != nil {
+		st := c.pool.Stat()
+		return nil, pb.Errorf(pb.KindDatabase,
+			"waited %s for a database connection, %d/%d in use, %d waiting: the pool is exhausted; raise --db-max-conns (and PostgreSQL's max_connections) or find what holds connections (slow statements, long transactions)",
+			c.wait, st.AcquiredConns(), st.MaxConns(), waiting).With("cause", "pool_exhausted").
+			With("in_use", strconv.Itoa(int(st.AcquiredConns()))).With("max", strconv.Itoa(int(st.MaxConns())))
+	}
+	return nil, interpretError(err)
+}
+
+func (c *conn) Exec(ctx context.Context, sql string, args ...any) (int64, error) {
+	pc, err := c.acquire(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer pc.Release()
+	return querier{pc}.Exec(ctx, sql, args...)
+}
+
+func (c *conn) Query(ctx context.Context, sql string, args ...any) (store.Rows, error) {
+	pc, err := c.acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := querier{pc}.Query(ctx, sql, args...)
+	if err != nil {
+		pc.Release()
+		return nil, err
+	}
+	return &releasingRows{Rows: rows, pc: pc}, nil
+}
+
+func (c *conn) QueryRow(ctx context.Context, sql string, args ...any) store.Row {
+	pc, err := c.acquire(ctx)
+	if err != nil {
+		return errRow{err}
+	}
+	return releasingRow{row: pc.QueryRow(ctx, sql, args...), pc: pc}
+}
+
+// releasingRows gives the connection back when the rows are closed.
+type releasingRows struct {
+	store.Rows
+	pc   *pgxpool.Conn
+	once sync.Once
+}
+
+func (r *releasingRows) Close() {
+	r.Rows.Close()
+	r.once.Do(r.pc.Release)
+}
+
+// releasingRow gives the connection back after Scan.
+type releasingRow struct {
+	row pgx.Row
+	pc  *pgxpool.Conn
+}
+
+func (r releasingRow) Scan(dest ...any) error {
+	defer r.pc.Release()
+	return interpretError(r.row.Scan(dest...))
+}
+
+type errRow struct{ err error }
+
+func (r errRow) Scan(...any) error { return r.err }
 
 func (c *conn) Dialect() string { return "postgres" }
 func (c *conn) Close() error    { c.pool.Close(); return nil }
 
 func (c *conn) Begin(ctx context.Context) (store.TxConn, error) {
-	tx, err := c.pool.Begin(ctx)
-	if err != nil {
-		return nil, interpretError(err)
-	}
-	return &txConn{querier{tx}, tx}, nil
+	return c.begin(ctx, pgx.TxOptions{})
 }
 
 func (c *conn) BeginRead(ctx context.Context) (store.TxConn, error) {
-	tx, err := c.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	return c.begin(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+}
+
+func (c *conn) begin(ctx context.Context, opts pgx.TxOptions) (store.TxConn, error) {
+	pc, err := c.acquire(ctx)
 	if err != nil {
+		return nil, err
+	}
+	tx, err := pc.BeginTx(ctx, opts)
+	if err != nil {
+		pc.Release()
 		return nil, interpretError(err)
 	}
-	return &txConn{querier{tx}, tx}, nil
+	return &txConn{querier: querier{tx}, tx: tx, pc: pc}, nil
 }
 
 type txConn struct {
 	querier
-	tx pgx.Tx
+	tx   pgx.Tx
+	pc   *pgxpool.Conn
+	once sync.Once
 }
 
-func (t *txConn) Commit(ctx context.Context) error   { return interpretError(t.tx.Commit(ctx)) }
-func (t *txConn) Rollback(ctx context.Context) error { return interpretError(t.tx.Rollback(ctx)) }
-func (t *txConn) Raw() any                           { return t.tx }
+func (t *txConn) release() { t.once.Do(t.pc.Release) }
+
+func (t *txConn) Commit(ctx context.Context) error {
+	defer t.release()
+	return interpretError(t.tx.Commit(ctx))
+}
+
+func (t *txConn) Rollback(ctx context.Context) error {
+	defer t.release()
+	return interpretError(t.tx.Rollback(ctx))
+}
+
+func (t *txConn) Raw() any { return t.tx }
 
 // interpretError translates pgx errors at the edge: no rows, unique
 // violations (conflict) and statement timeouts keep their meaning.
@@ -241,7 +345,12 @@ func (c *conn) LoadRecipients(ctx context.Context, table string, id int64, rs []
 			data[i] = &s
 		}
 	}
-	tag, err := c.pool.Exec(ctx, `
+	pc, err := c.acquire(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer pc.Release()
+	tag, err := pc.Exec(ctx, `
 		INSERT INTO `+table+` (execution_id, user_id, token, platform, timezone, locale, data)
 		SELECT $1, u, t, p, z, l, d::jsonb
 		FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) AS r(u, t, p, z, l, d)
@@ -250,4 +359,23 @@ func (c *conn) LoadRecipients(ctx context.Context, table string, id int64, rs []
 		return 0, interpretError(err)
 	}
 	return tag.RowsAffected(), nil
+}
+
+// PoolStats is a snapshot of the pool, for health reports.
+type PoolStats struct {
+	Total   int32 `json:"total"`
+	Idle    int32 `json:"idle"`
+	InUse   int32 `json:"in_use"`
+	Waiting int64 `json:"waiting"`
+	Max     int32 `json:"max"`
+}
+
+// Stats returns the pool's numbers now (c must come from NewConn).
+func Stats(c store.Conn) (PoolStats, bool) {
+	pc, ok := c.(*conn)
+	if !ok {
+		return PoolStats{}, false
+	}
+	st := pc.pool.Stat()
+	return PoolStats{Total: st.TotalConns(), Idle: st.IdleConns(), InUse: st.AcquiredConns(), Waiting: pc.waiting.Load(), Max: st.MaxConns()}, true
 }
