@@ -419,7 +419,10 @@ func TestRateLimitAcrossEngines(t *testing.T) {
 // other instance, nobody gets the push twice.
 func TestLostInstanceIsTakenOver(t *testing.T) {
 	t.Parallel()
-	fast := func(c *engine.Config) { c.HeartbeatInterval = 20 * time.Millisecond; c.LostAfter = 100 * time.Millisecond }
+	fast := func(c *engine.Config) {
+		c.HeartbeatInterval = 20 * time.Millisecond
+		c.LostAfter = 100 * time.Millisecond
+	}
 	b := setup(t, "postgres", fast)
 	a := automation("takeover")
 	a.Audience.Recipients = recipients("u", 1200)
@@ -446,7 +449,7 @@ func TestLostInstanceIsTakenOver(t *testing.T) {
 	}
 	release() // the frozen instance's requests come back: they did arrive
 	waitFor(t, "the frozen engine's round to end", func() (bool, string) {
-		return b.sender.total()+other.total() == 1201, fmt.Sprint(b.sender.total()+other.total())
+		return b.sender.total()+other.total() == 1201, fmt.Sprint(b.sender.total() + other.total())
 	})
 	for i := 1; i <= 1200; i++ {
 		u := fmt.Sprintf("u%d", i)

@@ -90,7 +90,9 @@ func (r *riverJobs[TDriver, TTx]) cancel(ctx context.Context, tx *store.Tx, id i
 
 func (r *riverJobs[TDriver, TTx]) rescue(ctx context.Context, instance string, now time.Time) (int, error) {
 	exec := r.client.Driver().GetExecutor()
-	horizon := now.Add(time.Second) // every job running now
+	// Every job running now, whatever clock stamped it: the instance is
+	// what selects them.
+	horizon := now.AddDate(100, 0, 0)
 	var (
 		after int64
 		total int
