@@ -18,7 +18,8 @@ build: ## build bin/pushblaster
 test: ## the whole test suite, with the race detector (needs PostgreSQL on 127.0.0.1)
 	$(GO) test -race -count=1 -timeout 14m ./...
 
-bench: ## benchmarks; record results in docs/BENCHMARKS.md
+bench: ## benchmarks (needs PostgreSQL, and h2load for the raw HTTP/2 rate); record results in docs/BENCHMARKS.md
+	@command -v h2load >/dev/null || echo "bench: h2load not found: BenchmarkDelivery/h2load will be SKIPPED, not measured (install it: apt-get install nghttp2-client)"
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./...
 
 lint: ## gofmt and go vet

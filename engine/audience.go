@@ -332,6 +332,9 @@ func (e *Engine) runScript(ctx context.Context, run *audienceRun) error {
 		_, err := e.consume(run, stdout, &parser)
 		return err
 	}, hooks)
+	if run.ex != nil { // a preview is not an execution's script run
+		e.obs.ScriptEnded(scriptOutcome(err), res.Elapsed)
+	}
 	run.stderr = res.StderrTail
 	run.exit = fmt.Sprintf("exit code %d", res.ExitCode)
 	if res.Signal != "" {

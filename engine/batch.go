@@ -242,9 +242,11 @@ func (e *Engine) endLiveSend(ctx context.Context, tx *store.Tx, job *rivertype.J
 	} else if rec.Status != pb.PhaseRunning {
 		return e.jobs.complete(ctx, tx, job) // ended already
 	}
-	if _, err := tx.MarkUnknown(ctx, ex.ID, store.AudienceLive, e.now()); err != nil {
+	n, err := tx.MarkUnknown(ctx, ex.ID, store.AudienceLive, e.now())
+	if err != nil {
 		return err
 	}
+	e.unknownMarked(ctx, tx, ex, store.AudienceLive, n)
 	counts, err := tx.DeliveryCounts(ctx, ex.ID, store.AudienceLive)
 	if err != nil {
 		return err

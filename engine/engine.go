@@ -79,6 +79,8 @@ type Config struct {
 	// CadenceHTTPClient is the client for cadence services (default: one
 	// with the automation's timeout per request).
 	CadenceHTTPClient *http.Client
+	// Observer hears what the engine did, for metrics (default: nobody).
+	Observer pb.Observer
 }
 
 // Engine runs automations. It implements pb.Service.
@@ -89,6 +91,7 @@ type Engine struct {
 	log     *slog.Logger
 	cfg     Config
 	senders map[string]pb.Sender
+	obs     pb.Observer
 
 	mu       sync.Mutex
 	stopTick context.CancelFunc
@@ -100,6 +103,7 @@ type Engine struct {
 	versions map[versionKey]*pb.Automation // automation versions are immutable
 	stopped  chan struct{}
 	started  bool
+	events   *EventHub // live event feed (events.go)
 }
 
 var _ pb.Service = (*Engine)(nil)
@@ -122,10 +126,12 @@ func New[TDriver riverdriver.Driver[TTx], TTx any](st *store.Store, driver TDriv
 		log:      cfg.Logger.With("instance_id", cfg.InstanceID),
 		cfg:      cfg,
 		senders:  map[string]pb.Sender{pb.ProviderLog: &logSender{log: cfg.Logger.With("instance_id", cfg.InstanceID)}},
+		obs:      cfg.Observer,
 		running:  map[int64]map[uint64]context.CancelCauseFunc{},
 		versions: map[versionKey]*pb.Automation{},
 		stopped:  make(chan struct{}),
 	}
+	e.events = newEventHub(e) // live event feed (events.go)
 	for name, s := range cfg.Senders {
 		e.senders[name] = s
 	}
@@ -173,6 +179,9 @@ func withDefaults(c Config) Config {
 	}
 	if c.Clock == nil {
 		c.Clock = pb.SystemClock
+	}
+	if c.Observer == nil {
+		c.Observer = pb.NopObserver{}
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewJSONHandler(os.Stderr, nil))
@@ -248,7 +257,11 @@ func (e *Engine) Start(ctx context.Context) error {
 	if err := e.register(ctx); err != nil {
 		return err
 	}
+	if err := e.events.Start(ctx); err != nil { // live event feed (events.go)
+		return err
+	}
 	if err := e.jobs.start(context.WithoutCancel(ctx)); err != nil {
+		e.events.Stop() // live event feed (events.go)
 		return pb.WrapError(pb.KindDatabase, err, "start River")
 	}
 	beatCtx, stopBeat := context.WithCancel(context.WithoutCancel(ctx))
@@ -295,6 +308,7 @@ func (e *Engine) Stop(ctx context.Context) error {
 	if serr := e.store.StopInstance(context.WithoutCancel(ctx), e.cfg.InstanceID, e.now()); serr != nil {
 		e.log.Warn("cannot record the stop of this instance; the others will declare it lost", "event", "instance.stop_error", "error", serr)
 	}
+	e.events.Stop() // live event feed (events.go): after the jobs, so their last events are streamed
 	if err != nil {
 		return pb.WrapError(pb.KindInternal, err, "stop River")
 	}
@@ -428,9 +442,11 @@ func (e *Engine) giveUp(ctx context.Context, job *rivertype.JobRow, why string) 
 		}
 		perr := pb.Errorf(pb.KindInternal, "phase %s gave up: its job %s", args.Phase, why).WithPhase(args.Phase).
 			With("job_id", fmt.Sprint(job.ID))
-		if err := tx.EndPhase(ctx, ex.ID, args.Phase, store.PhaseEnd{Status: pb.PhaseFailed, Error: perr, Now: e.now()}); err != nil {
+		now := e.now()
+		if err := tx.EndPhase(ctx, ex.ID, args.Phase, store.PhaseEnd{Status: pb.PhaseFailed, Error: perr, Now: now}); err != nil {
 			return err
 		}
+		e.phaseEnded(ctx, tx, ex.ID, args.Phase, pb.PhaseFailed, now)
 		if err := e.recordEventTx(ctx, tx, &pb.Event{AutomationID: ex.AutomationID, ExecutionID: ex.ID, Type: pb.EventError,
 			Phase: args.Phase, Message: perr.Message, Data: map[string]string{"kind": string(perr.Kind)}}); err != nil {
 			return err

@@ -105,7 +105,7 @@ func (e *Engine) runPhase(ctx context.Context, job *river.Job[phaseArgs]) error 
 					Note:  "execution ended while this phase ran on an instance that stopped",
 					Error: pb.Errorf(pb.KindAbort, "execution %s during %s: %s", ex.Status, p, ex.Reason).WithPhase(p)}
 				if aud, ok := sendAudienceOf(p); ok {
-					m, err := e.settleLedger(ctx, tx, id, aud)
+					m, err := e.settleLedger(ctx, tx, ex, aud)
 					if err != nil {
 						return err
 					}
@@ -114,6 +114,7 @@ func (e *Engine) runPhase(ctx context.Context, job *river.Job[phaseArgs]) error 
 				if err := tx.EndPhase(ctx, id, p, end); err != nil {
 					return err
 				}
+				e.phaseEnded(ctx, tx, id, p, end.Status, end.Now)
 				if err := e.enqueuePhase(ctx, tx, ex, pb.PhaseCleanup, e.now()); err != nil {
 					return err
 				}
@@ -270,6 +271,7 @@ func (e *Engine) endPhase(ctx context.Context, tx *store.Tx, job *rivertype.JobR
 		if err := tx.EndPhase(ctx, ex.ID, p, end); err != nil {
 			return err
 		}
+		e.phaseEnded(ctx, tx, ex.ID, p, end.Status, now)
 		if err := e.enqueuePhase(ctx, tx, ex, pb.PhaseCleanup, now); err != nil {
 			return err
 		}
@@ -335,6 +337,7 @@ func (e *Engine) endPhase(ctx context.Context, tx *store.Tx, job *rivertype.JobR
 	if err := tx.EndPhase(ctx, ex.ID, p, end); err != nil {
 		return err
 	}
+	e.phaseEnded(ctx, tx, ex.ID, p, end.Status, now)
 	log.Info("phase completed", "event", "phase.end", "status", end.Status, "metrics", out.metrics, "note", out.note)
 	event.Message = fmt.Sprintf("%s completed", p)
 	if out.note != "" {
@@ -359,7 +362,7 @@ func (e *Engine) failPhase(ctx context.Context, tx *store.Tx, job *rivertype.Job
 	end.Status, end.Error = pb.PhaseFailed, perr
 	if aud, ok := sendAudienceOf(p); ok {
 		// A send that died mid-batch (a panic) left deliveries in flight.
-		m, err := e.settleLedger(ctx, tx, ex.ID, aud)
+		m, err := e.settleLedger(ctx, tx, ex, aud)
 		if err != nil {
 			return err
 		}
@@ -372,6 +375,7 @@ func (e *Engine) failPhase(ctx context.Context, tx *store.Tx, job *rivertype.Job
 	if err := tx.EndPhase(ctx, ex.ID, p, end); err != nil {
 		return err
 	}
+	e.phaseEnded(ctx, tx, ex.ID, p, end.Status, end.Now)
 	log.Error("phase failed", "event", "phase.end", "status", end.Status, "kind", perr.Kind, "recoverable", perr.Recoverable, "error", perr.Message)
 	event.Type = pb.EventError
 	event.Message = fmt.Sprintf("%s failed (%s): %s", p, perr.Kind, perr.Message)
@@ -447,16 +451,18 @@ func sendAudienceOf(p pb.Phase) (store.Audience, bool) {
 
 // settleLedger turns deliveries still in flight into unknown and sets the
 // execution's send metrics from the ledger.
-func (e *Engine) settleLedger(ctx context.Context, tx *store.Tx, id int64, aud store.Audience) (map[string]int64, error) {
-	if _, err := tx.MarkUnknown(ctx, id, aud, e.now()); err != nil {
+func (e *Engine) settleLedger(ctx context.Context, tx *store.Tx, ex *pb.Execution, aud store.Audience) (map[string]int64, error) {
+	n, err := tx.MarkUnknown(ctx, ex.ID, aud, e.now())
+	if err != nil {
 		return nil, err
 	}
-	counts, err := tx.DeliveryCounts(ctx, id, aud)
+	e.unknownMarked(ctx, tx, ex, aud, n)
+	counts, err := tx.DeliveryCounts(ctx, ex.ID, aud)
 	if err != nil {
 		return nil, err
 	}
 	m := ledgerMetrics(aud, counts)
-	return m, tx.SetMetrics(ctx, id, m)
+	return m, tx.SetMetrics(ctx, ex.ID, m)
 }
 
 // closeWindow records the end of the cancellation window (when the live
@@ -466,6 +472,7 @@ func (e *Engine) closeWindow(ctx context.Context, tx *store.Tx, ex *pb.Execution
 	if err := tx.EndPhase(ctx, ex.ID, pb.PhaseWindow, store.PhaseEnd{Status: pb.PhaseCompleted, Note: note, Now: now}); err != nil {
 		return err
 	}
+	e.phaseEnded(ctx, tx, ex.ID, pb.PhaseWindow, pb.PhaseCompleted, now)
 	return e.recordEventTx(ctx, tx, &pb.Event{AutomationID: ex.AutomationID, ExecutionID: ex.ID, Type: pb.EventPhase,
 		Phase: pb.PhaseWindow, Message: "window completed: " + note, Data: map[string]string{"status": string(pb.PhaseCompleted)}})
 }
@@ -484,6 +491,7 @@ func (e *Engine) finish(ctx context.Context, tx *store.Tx, ex *pb.Execution, sta
 	if err := tx.UpdateExecution(ctx, ex.ID, u); err != nil {
 		return err
 	}
+	e.executionFinished(tx, status)
 	metrics, err := tx.Metrics(ctx, ex.ID)
 	if err != nil {
 		return err

@@ -249,6 +249,7 @@ func (r *sendRun) round(ctx context.Context, rs []pb.Recipient) error {
 		invalid           []store.InvalidToken
 		attempted, failed int64
 		okCount, notTried int
+		unknown           int
 		byCode            = map[string]int{}
 	)
 	for k, i := range idx {
@@ -265,6 +266,9 @@ func (r *sendRun) round(ctx context.Context, rs []pb.Recipient) error {
 		case "":
 			dr.State = store.DeliveryPending
 			dr.Reason = "not requested: the send stopped first"
+			if res.Err != nil {
+				dr.Reason = "not requested: " + res.Err.Message
+			}
 			notTried++
 			continue
 		case store.DeliverySent:
@@ -276,8 +280,10 @@ func (r *sendRun) round(ctx context.Context, rs []pb.Recipient) error {
 			invalid = append(invalid, store.InvalidToken{Token: dr.Token, Provider: r.a.Delivery.Provider, UserID: dr.UserID,
 				Code: dr.Code, Reason: dr.Reason, ExecutionID: id, CreatedAt: now})
 		case store.DeliveryUnknown:
+			unknown++
 		default:
 			dr.State, dr.Reason = store.DeliveryUnknown, fmt.Sprintf("provider returned state %q", res.State)
+			unknown++
 		}
 		attempted++
 	}
@@ -294,6 +300,7 @@ func (r *sendRun) round(ctx context.Context, rs []pb.Recipient) error {
 	if err := e.store.FinishDeliveries(wctx, id, r.aud, results, e.now()); err != nil {
 		return err
 	}
+	r.observeRound(okCount, int(failed), len(invalid), unknown, byCode)
 	if len(invalid) > 0 {
 		if err := e.store.AddInvalidTokens(wctx, invalid); err != nil {
 			return err
@@ -305,6 +312,7 @@ func (r *sendRun) round(ctx context.Context, rs []pb.Recipient) error {
 	if err := context.Cause(ctx); err != nil {
 		return pb.AsError(err)
 	}
+	e.progress(ctx, r) // a progress event, at most one a second (events.go)
 	return r.breaker(wctx, attempted, failed, byCode)
 }
 
@@ -318,6 +326,8 @@ func (r *sendRun) claim(ctx context.Context, rs []pb.Recipient, held []store.Del
 	var (
 		claimed         []pb.Recipient
 		unknown, resent int64
+		wroteHold       []store.DeliveryResult // the holds this round wrote
+		written         int64
 	)
 	work := func(q interface {
 		LockUsers(context.Context, []string) error
@@ -356,16 +366,18 @@ func (r *sendRun) claim(ctx context.Context, rs []pb.Recipient, held []store.Del
 			hold = append([]store.DeliveryResult(nil), held...)
 			for _, rc := range rs {
 				if why, ok := over[rc.UserID]; ok {
-					hold = append(hold, store.DeliveryResult{UserID: rc.UserID, Token: rc.Token, State: store.DeliveryCapped, Code: "frequency_cap", Reason: why})
+					hold = append(hold, store.DeliveryResult{UserID: rc.UserID, Token: rc.Token, State: store.DeliveryCapped, Code: capFrequency, Reason: why})
 					continue
 				}
 				keep = append(keep, rc)
 			}
 		}
 		if len(hold) > 0 {
-			if _, err := q.HoldDeliveries(ctx, id, r.aud, hold, e.cfg.InstanceID, now); err != nil {
+			n, err := q.HoldDeliveries(ctx, id, r.aud, hold, e.cfg.InstanceID, now)
+			if err != nil {
 				return err
 			}
+			wroteHold, written = hold, n
 		}
 		var err error
 		claimed, unknown, resent, err = q.ClaimDeliveries(ctx, id, r.aud, keep, params)
@@ -380,7 +392,9 @@ func (r *sendRun) claim(ctx context.Context, rs []pb.Recipient, held []store.Del
 	if err != nil {
 		return nil, err
 	}
+	r.observeHeld(wroteHold, written)
 	if unknown > 0 {
+		r.e.obs.Sent(r.a.Delivery.Provider, string(r.aud), pb.DeliveryUnknown, int(unknown))
 		r.log.Warn("deliveries in flight at a crash are unknown; not re-sent (on_unknown report)", "event", "send.unknown", "count", unknown)
 	}
 	if resent > 0 {
@@ -426,7 +440,7 @@ func (r *sendRun) askCadence(ctx context.Context, rs []pb.Recipient) (keep []pb.
 		} else if s := d.Reasons[rc.UserID]; s != "" {
 			why += ": " + s
 		}
-		hold = append(hold, store.DeliveryResult{UserID: rc.UserID, Token: rc.Token, State: store.DeliveryCapped, Code: "cadence", Reason: why})
+		hold = append(hold, store.DeliveryResult{UserID: rc.UserID, Token: rc.Token, State: store.DeliveryCapped, Code: capCadence, Reason: why})
 	}
 	return keep, hold, nil
 }

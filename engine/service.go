@@ -349,6 +349,7 @@ func (e *Engine) cancelInTx(ctx context.Context, tx *store.Tx, ex *pb.Execution,
 	if err := tx.UpdateExecution(ctx, ex.ID, u); err != nil {
 		return err
 	}
+	e.executionFinished(tx, st)
 	if err := e.recordEventTx(ctx, tx, &pb.Event{AutomationID: ex.AutomationID, ExecutionID: ex.ID, Type: pb.EventStatus,
 		Message: reason, Data: map[string]string{"status": string(st)}}); err != nil {
 		return err
@@ -367,6 +368,7 @@ func (e *Engine) cancelInTx(ctx context.Context, tx *store.Tx, ex *pb.Execution,
 			Error: pb.Errorf(pb.KindAbort, "%s", reason).WithPhase(waiting), Now: now, Instance: e.cfg.InstanceID}); err != nil {
 			return err
 		}
+		e.phaseEnded(ctx, tx, ex.ID, waiting, pb.PhaseCancelled, now)
 		if err := e.enqueuePhase(ctx, tx, ex, pb.PhaseCleanup, now); err != nil {
 			return err
 		}

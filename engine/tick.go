@@ -102,7 +102,8 @@ func (e *Engine) Tick(ctx context.Context) (TickResult, error) {
 					one = TickResult{Failed: 1}
 					e.log.Error("tick: cannot fire automation", "event", "fire.error", "automation_id", id, "error", err)
 					e.recordEvent(ctx, &pb.Event{AutomationID: id, Type: pb.EventError,
-						Message: "the scheduler could not fire this automation; it retries every tick: " + err.Error()})
+						Message: "the scheduler could not fire this automation; it retries every tick: " + err.Error(),
+						Data:    map[string]string{"kind": string(pb.ErrorKind(err))}})
 				}
 				mu.Lock()
 				res.Fired, res.Skipped, res.Queued = res.Fired+one.Fired, res.Skipped+one.Skipped, res.Queued+one.Queued
@@ -228,6 +229,7 @@ func (e *Engine) recordMissed(ctx context.Context, tx *store.Tx, a *pb.Automatio
 	if err != nil || !created {
 		return err
 	}
+	e.executionFinished(tx, pb.StatusMissed)
 	e.log.Warn("fire missed", "event", "fire.missed", "automation_id", a.ID, "execution_id", ex.ID, "send_at", sendAt, "reason", reason)
 	return e.recordEventTx(ctx, tx, &pb.Event{AutomationID: a.ID, ExecutionID: ex.ID, Type: pb.EventStatus,
 		Message: "missed: " + reason, Data: map[string]string{"status": string(pb.StatusMissed)}})
@@ -319,6 +321,9 @@ func (e *Engine) startExecution(ctx context.Context, tx *store.Tx, a *pb.Automat
 	}
 	log := e.log.With("automation_id", a.ID, "execution_id", ex.ID, "send_at", ex.SendAt, "trigger", trigger)
 	if ex.Status == pb.StatusSkipped || ex.WaitingFor != 0 {
+		if ex.Status == pb.StatusSkipped {
+			e.executionFinished(tx, pb.StatusSkipped)
+		}
 		log.Warn("fire not started", "event", "fire.overlap", "status", ex.Status, "reason", ex.Reason)
 		err := e.recordEventTx(ctx, tx, &pb.Event{AutomationID: a.ID, ExecutionID: ex.ID, Type: pb.EventStatus,
 			Message: ex.Reason, Data: map[string]string{"status": string(ex.Status)}})
@@ -379,7 +384,11 @@ func (e *Engine) recordEventTx(ctx context.Context, tx *store.Tx, ev *pb.Event) 
 	if ev.At.IsZero() {
 		ev.At = e.now()
 	}
-	return tx.InsertEvent(ctx, ev)
+	if err := tx.InsertEvent(ctx, ev); err != nil {
+		return err
+	}
+	e.eventRecorded(tx, ev)
+	return nil
 }
 
 // recordEvent stores an event on its own; a failure is logged, not
@@ -390,5 +399,7 @@ func (e *Engine) recordEvent(ctx context.Context, ev *pb.Event) {
 	}
 	if err := e.store.InsertEvent(ctx, ev); err != nil {
 		e.log.Error("cannot record event", "event", "event.error", "error", err, "message", ev.Message)
+		return
 	}
+	e.eventRecorded(nil, ev)
 }

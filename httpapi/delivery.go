@@ -148,4 +148,3 @@ func (s *server) handleDeleteInvalidToken(w http.ResponseWriter, r *http.Request
 	}
 	w.WriteHeader(http.StatusNoContent)
 }
-

@@ -20,6 +20,7 @@ var openAPI []byte
 func (s *server) routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /healthz", s.handleHealthz)
 	mux.HandleFunc("GET /readyz", s.handleReadyz)
+	mux.HandleFunc("GET /metrics", s.handleMetrics)
 	mux.HandleFunc("GET /api/openapi.json", s.handleOpenAPI)
 
 	mux.HandleFunc("GET /api/automations", s.handleListAutomations)
@@ -33,17 +34,17 @@ func (s *server) routes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /api/automations/{id}/run", s.authorize(s.handleRun))
 	mux.HandleFunc("POST /api/automations/{id}/audience/preview", s.authorize(s.handlePreview))
 	mux.HandleFunc("GET /api/automations/{id}/executions", s.handleListExecutions)
-	mux.HandleFunc("GET /api/automations/{id}/events", s.handleListEvents("automation"))
+	mux.HandleFunc("GET /api/automations/{id}/events", s.handleEvents("automation")) // JSON, or SSE (sse.go)
 
 	mux.HandleFunc("GET /api/executions", s.handleListExecutions)
 	mux.HandleFunc("GET /api/executions/{id}", s.handleGetExecution)
 	mux.HandleFunc("POST /api/executions/{id}/cancel", s.authorize(s.handleCancel))
-	mux.HandleFunc("GET /api/executions/{id}/events", s.handleListEvents("execution"))
+	mux.HandleFunc("GET /api/executions/{id}/events", s.handleEvents("execution")) // JSON, or SSE (sse.go)
 	mux.HandleFunc("GET /api/executions/{id}/artifacts", s.handleArtifacts)
 	mux.HandleFunc("GET /api/executions/{id}/deliveries", s.handleDeliveries)
 	mux.HandleFunc("GET /api/invalid-tokens", s.handleInvalidTokens)
 	mux.HandleFunc("DELETE /api/invalid-tokens/{token}", s.authorize(s.handleDeleteInvalidToken))
-	mux.HandleFunc("GET /api/events", s.handleListEvents(""))
+	mux.HandleFunc("GET /api/events", s.handleEvents("")) // JSON, or SSE (sse.go)
 
 	mux.HandleFunc("GET /api/schedule/preview", s.handleSchedulePreview)
 
@@ -84,6 +85,16 @@ func (s *server) handleReadyz(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+// handleMetrics serves the Prometheus scrape. Open like every GET: the
+// metrics hold counts, never tokens or recipients.
+func (s *server) handleMetrics(w http.ResponseWriter, r *http.Request) {
+	if s.opts.Metrics == nil {
+		s.writeError(w, r, pb.Errorf(pb.KindNotFound, "metrics are not enabled on this server"))
+		return
+	}
+	s.opts.Metrics.ServeHTTP(w, r)
 }
 
 func (s *server) handleOpenAPI(w http.ResponseWriter, r *http.Request) {

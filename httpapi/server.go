@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	pb "github.com/pushblaster/pushblaster"
@@ -28,15 +29,33 @@ type Options struct {
 	Clock  pb.Clock
 	// Ready reports whether the database is reachable and migrated.
 	Ready func(ctx context.Context) error
+	// Metrics serves GET /metrics, the Prometheus scrape (nil: the route
+	// answers 404).
+	Metrics http.Handler
 	// MaxBodyBytes bounds request bodies (default 16 MiB: static audiences
 	// can be long).
 	MaxBodyBytes int64
+
+	// Live event streams (sse.go).
+	// Events feeds them (default: svc, if it implements EventSource, as
+	// the engine does).
+	Events EventSource
+	// MaxSubscribers caps the streams served at once (default 1000); one
+	// more is answered 503.
+	MaxSubscribers int
+	// HeartbeatInterval is how often a stream gets a comment line, so that
+	// proxies keep an idle one open (default 15s).
+	HeartbeatInterval time.Duration
+	// StreamBuffer is how many events a stream may fall behind before it
+	// is cut off with a reconnect event (default 1024).
+	StreamBuffer int
 }
 
 type server struct {
-	svc  pb.Service
-	opts Options
-	log  *slog.Logger
+	svc     pb.Service
+	opts    Options
+	log     *slog.Logger
+	streams atomic.Int64 // open live event streams (sse.go)
 }
 
 // NewServer returns the API handler.

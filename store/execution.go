@@ -237,6 +237,29 @@ func (o ops) CountActive(ctx context.Context) (int64, error) {
 	return n, dbErr(err, "count active executions")
 }
 
+// CountActiveByStatus returns how many executions are in each non-final
+// status; a status without any is absent.
+func (o ops) CountActiveByStatus(ctx context.Context) (map[pb.ExecutionStatus]int64, error) {
+	rows, err := o.q.Query(ctx, `SELECT status, count(*) FROM executions
+		WHERE status IN ('scheduled', 'running', 'awaiting_send') GROUP BY status`)
+	if err != nil {
+		return nil, dbErr(err, "count active executions")
+	}
+	defer rows.Close()
+	out := map[pb.ExecutionStatus]int64{}
+	for rows.Next() {
+		var (
+			status string
+			n      int64
+		)
+		if err := rows.Scan(&status, &n); err != nil {
+			return nil, dbErr(err, "count active executions")
+		}
+		out[pb.ExecutionStatus(status)] = n
+	}
+	return out, dbErr(rows.Err(), "count active executions")
+}
+
 // ExecutionUpdate changes an execution; nil fields stay as they are.
 type ExecutionUpdate struct {
 	Status      *pb.ExecutionStatus

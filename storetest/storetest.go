@@ -355,6 +355,9 @@ func testExecutionUpdate(t *testing.T, s *store.Store) {
 	if n, err := s.CountActive(ctx); err != nil || n != 2 {
 		t.Errorf("count active = %d, %v; want 2", n, err)
 	}
+	if m, err := s.CountActiveByStatus(ctx); err != nil || len(m) != 1 || m[pb.StatusScheduled] != 2 {
+		t.Errorf("count active by status = %v, %v; want scheduled 2", m, err)
+	}
 	list, err := s.ListExecutions(ctx, pb.ExecutionFilter{AutomationID: &a.ID})
 	if err != nil || len(list) != 2 || list[0].ID != e2.ID || list[1].ID != e1.ID {
 		t.Fatalf("list by automation: %v %v", list, err)

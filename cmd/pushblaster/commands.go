@@ -455,6 +455,7 @@ func runExecution(ctx context.Context, args []string, env envFunc, stdout, stder
 }
 
 var executionCommands = map[string]command{
+	"watch": watchCommand, // live, over server-sent events (watch.go)
 	"list": {synopsis: "list [--automation ID|NAME] [--status S] [--limit N] [--json]",
 		flags: func(x *flagSetExt) { x.auto, x.status, x.limit = new(string), new(string), new(int) },
 		run: func(ctx context.Context, x *cmdCtx) error {

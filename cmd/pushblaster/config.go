@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"database/sql"
 	"flag"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 	"github.com/riverqueue/river/riverdriver/riversqlite"
 
@@ -120,6 +122,10 @@ type backend struct {
 	migrate   func(context.Context) ([]string, error)
 	pending   func(context.Context) ([]string, error)
 	close     func()
+	// pool (PostgreSQL) or sqlDB (SQLite) is the connection pool, for
+	// its metrics.
+	pool  *pgxpool.Pool
+	sqlDB *sql.DB
 }
 
 // openBackend opens the database named by c.url.
@@ -145,6 +151,7 @@ func openBackend(ctx context.Context, c dbConfig) (*backend, error) {
 			migrate:   func(ctx context.Context) ([]string, error) { return postgres.Migrate(ctx, pool) },
 			pending:   func(ctx context.Context) ([]string, error) { return postgres.Pending(ctx, pool) },
 			close:     pool.Close,
+			pool:      pool,
 		}, nil
 	default:
 		db, err := sqlite.Open(ctx, target)
@@ -158,6 +165,7 @@ func openBackend(ctx context.Context, c dbConfig) (*backend, error) {
 			migrate:   func(ctx context.Context) ([]string, error) { return sqlite.Migrate(ctx, db) },
 			pending:   func(ctx context.Context) ([]string, error) { return sqlite.Pending(ctx, db) },
 			close:     func() { _ = db.Close() },
+			sqlDB:     db.DB,
 		}, nil
 	}
 }

@@ -82,7 +82,7 @@ Engine:
 
 Client (talks to a running server; --server, PUSHBLASTER_SERVER):
   automation     list|get|create|apply|update|delete|pause|resume|run|preview
-  execution      list|get|cancel|events|artifacts|deliveries
+  execution      list|get|cancel|events|watch|artifacts|deliveries
   invalid-tokens list|delete   tokens providers called invalid
   schedule       preview       next send times of a cron expression
 

@@ -14,6 +14,7 @@ import (
 	pb "github.com/pushblaster/pushblaster"
 	"github.com/pushblaster/pushblaster/engine"
 	"github.com/pushblaster/pushblaster/httpapi"
+	"github.com/pushblaster/pushblaster/metrics"
 )
 
 // serveConfig is everything serve reads from flags and the environment.
@@ -32,6 +33,7 @@ type serveConfig struct {
 	tokens          []string
 	audience        audienceConfig
 	delivery        deliveryConfig
+	maxSubscribers  int // live event streams at once (SSE)
 }
 
 func parseServe(args []string, env envFunc, stderr io.Writer) (*serveConfig, error) {
@@ -59,6 +61,7 @@ func parseServe(args []string, env envFunc, stderr io.Writer) (*serveConfig, err
 	fs.DurationVar(&c.heartbeat, "heartbeat-interval", 5*time.Second, "how often this instance records that it is alive and watches the others")
 	fs.DurationVar(&c.lostAfter, "lost-after", 60*time.Second, "another instance silent this long is declared lost and its running jobs resume here (at least 3 heartbeat intervals)")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", shutdown, "on SIGTERM, how long running jobs may finish before they are cancelled (env PUSHBLASTER_SHUTDOWN_TIMEOUT)")
+	fs.IntVar(&c.maxSubscribers, "max-subscribers", 1000, "live event streams (SSE) this instance serves at once; one more is answered 503")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return nil, err
@@ -85,6 +88,9 @@ func parseServe(args []string, env envFunc, stderr io.Writer) (*serveConfig, err
 	}
 	if c.maxWorkers <= 0 {
 		return nil, pb.Errorf(pb.KindValidation, "--max-workers=%d must be positive", c.maxWorkers)
+	}
+	if c.maxSubscribers <= 0 {
+		return nil, pb.Errorf(pb.KindValidation, "--max-subscribers=%d must be positive", c.maxSubscribers)
 	}
 	if err := checkListen(c.listen, len(c.tokens) > 0); err != nil {
 		return nil, err
@@ -138,12 +144,21 @@ func runServe(ctx context.Context, args []string, env envFunc, stdout, stderr io
 	if err != nil {
 		return err
 	}
-	eng, err := be.newEngine(engine.Config{
+	// The engine reports to the metrics; the metrics read the engine's
+	// live event feed when scraped (only once serving, when eng is set).
+	var eng *engine.Engine
+	met := metrics.New(metrics.Options{
+		ActiveExecutions: be.store.CountActiveByStatus,
+		Subscribers:      func() int { return eng.Events().Subscribers() },
+		Pool:             be.pool, DB: be.sqlDB, Version: versionString(), Logger: log,
+	})
+	eng, err = be.newEngine(engine.Config{
 		InstanceID: c.instanceID, Logger: log, TickInterval: c.tickInterval,
 		PollInterval: c.pollInterval, MaxWorkers: c.maxWorkers, RescueAfter: c.rescueAfter,
 		Audience: ac, Senders: senders, ProviderRates: rates,
 		SendBatchSize: c.delivery.sendBatchSize, SendChunkSize: c.delivery.sendChunkSize,
 		HeartbeatInterval: c.heartbeat, LostAfter: c.lostAfter, Version: versionString(),
+		Observer: met,
 	})
 	if err != nil {
 		return err
@@ -154,12 +169,16 @@ func runServe(ctx context.Context, args []string, env envFunc, stdout, stderr io
 	}
 	srv := &http.Server{
 		Handler: httpapi.NewServer(eng, httpapi.Options{
-			Tokens: c.tokens, Logger: log,
-			Ready: func(ctx context.Context) error { return ready(ctx, be) },
+			Tokens: c.tokens, Logger: log, Metrics: met.Handler(),
+			Ready:          func(ctx context.Context) error { return ready(ctx, be) },
+			MaxSubscribers: c.maxSubscribers,
 		}),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
+	// Live event streams end (clients reconnect elsewhere) when shutdown
+	// begins, instead of holding it up.
+	srv.RegisterOnShutdown(eng.Events().Stop)
 	if err := eng.Start(ctx); err != nil {
 		ln.Close()
 		return err
