@@ -1,7 +1,6 @@
 package engine_test
 
 import (
-	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -318,23 +317,7 @@ func TestCadenceService(t *testing.T) {
 func TestOnUnknownResend(t *testing.T) {
 	t.Parallel()
 	b := setup(t, "sqlite")
-	a := automation("resend")
-	a.Delivery.OnUnknown = pb.OnUnknownResend
-	a.Audience.Recipients = recipients("u", 1200)
-	a = b.create(a)
-	send := berlin(2026, 6, 1, 9, 30)
-	b.clock.Set(send.Add(-30 * time.Minute))
-	ex := b.waitPhase(b.waitExecutions(a.ID, 1)[0].ID, pb.PhaseWindow, pb.PhaseRunning)
-	entered, release := b.sender.hold()
-	b.clock.Set(send)
-	<-entered
-	release()
-	entered, release = b.sender.hold()
-	<-entered
-	stopCtx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
-	defer cancel()
-	_ = b.eng.Stop(stopCtx)
-	release()
+	ex, send := b.stopMidSend("resend", func(a *pb.Automation) { a.Delivery.OnUnknown = pb.OnUnknownResend })
 
 	eng2 := b.newEngine(t, b.store)
 	b.start(eng2)

@@ -352,10 +352,13 @@ func berlin(y int, m time.Month, d, h, min int) time.Time {
 // stopMidSend runs a 1,200-recipient automation to its live send, lets the
 // first batch of 500 out, and stops the engine (shutdown timeout passing)
 // while the second batch is in flight. It returns the execution.
-func (b *bundle) stopMidSend(name string) (*pb.Execution, time.Time) {
+func (b *bundle) stopMidSend(name string, edit ...func(*pb.Automation)) (*pb.Execution, time.Time) {
 	b.t.Helper()
 	a := automation(name)
 	a.Audience.Recipients = recipients("u", 1200)
+	for _, fn := range edit {
+		fn(a)
+	}
 	a = b.create(a)
 	send := berlin(2026, 6, 1, 9, 30)
 	b.clock.Set(send.Add(-30 * time.Minute))
