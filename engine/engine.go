@@ -64,6 +64,12 @@ type Config struct {
 	// SendChunkSize is how many pushes one ledger round claims and hands
 	// to the provider at once (default 250).
 	SendChunkSize int
+	// SendRoundsInFlight is how many rounds may be between their claim
+	// and their record at once on this instance (default: enough to keep
+	// 1,000 requests in flight, plus one). Pushes are claimed only when
+	// there is room to send them, so a crash leaves at most this many
+	// rounds unknown and the ledger's set of rows in state sending small.
+	SendRoundsInFlight int
 	// ProviderRates caps each provider's sends per second over every
 	// instance (e.g. "fcm": 10,000 for FCM's default 600,000/min quota).
 	ProviderRates map[string]int
@@ -104,6 +110,9 @@ type Engine struct {
 	stopped  chan struct{}
 	started  bool
 	events   *EventHub // live event feed (events.go)
+	// rounds holds a slot per send round between its claim and its
+	// record (Config.SendRoundsInFlight).
+	rounds chan struct{}
 }
 
 var _ pb.Service = (*Engine)(nil)
@@ -125,6 +134,7 @@ func New[TDriver riverdriver.Driver[TTx], TTx any](st *store.Store, driver TDriv
 		clock:    cfg.Clock,
 		log:      cfg.Logger.With("instance_id", cfg.InstanceID),
 		cfg:      cfg,
+		rounds:   make(chan struct{}, cfg.SendRoundsInFlight),
 		senders:  map[string]pb.Sender{pb.ProviderLog: &logSender{log: cfg.Logger.With("instance_id", cfg.InstanceID)}},
 		obs:      cfg.Observer,
 		running:  map[int64]map[uint64]context.CancelCauseFunc{},
@@ -218,6 +228,9 @@ func withDefaults(c Config) Config {
 	}
 	if c.SendChunkSize <= 0 {
 		c.SendChunkSize = defaultChunkSize
+	}
+	if c.SendRoundsInFlight <= 0 {
+		c.SendRoundsInFlight = (1000+c.SendChunkSize-1)/c.SendChunkSize + 1
 	}
 	if c.Audience.ArtifactRetention <= 0 {
 		c.Audience.ArtifactRetention = 7 * 24 * time.Hour

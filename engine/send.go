@@ -218,6 +218,14 @@ func (r *sendRun) round(ctx context.Context, rs []pb.Recipient) error {
 		rs, held = keep, append(held, hold...)
 	}
 
+	// Claim only when there is room to send at once: a claimed push
+	// waiting in a queue would be unknown after a crash.
+	select {
+	case e.rounds <- struct{}{}:
+	case <-ctx.Done():
+		return pb.AsError(context.Cause(ctx))
+	}
+	defer func() { <-e.rounds }()
 	claimed, err := r.claim(ctx, rs, held, now)
 	if err != nil {
 		return err

@@ -42,6 +42,7 @@ type deliveryConfig struct {
 
 	sendBatchSize int
 	sendChunkSize int
+	sendRounds    int
 }
 
 func (c *deliveryConfig) register(fs *flag.FlagSet, env envFunc) {
@@ -66,6 +67,7 @@ func (c *deliveryConfig) register(fs *flag.FlagSet, env envFunc) {
 	fs.BoolVar(&c.webhookRetry, "webhook-retry-unknown", false, "webhook: retry a batch whose request may have reached the receiver (only if it drops repeated Idempotency-Keys)")
 	fs.IntVar(&c.sendBatchSize, "send-batch-size", 5000, "recipients per live-send batch job (the unit of work shared by instances)")
 	fs.IntVar(&c.sendChunkSize, "send-chunk-size", 250, "pushes claimed in the ledger and handed to the provider at once")
+	fs.IntVar(&c.sendRounds, "send-rounds-in-flight", 0, "send rounds between claim and record at once on this instance (0: enough for --fcm-max-in-flight, plus one)")
 }
 
 // build opens the configured providers. Each error names the flag to fix.
@@ -81,6 +83,12 @@ func (c *deliveryConfig) build(log *slog.Logger) (senders map[string]pb.Sender, 
 	}
 	if c.sendBatchSize <= 0 || c.sendChunkSize <= 0 || c.fcmMaxInFlight <= 0 {
 		return nil, nil, pb.Errorf(pb.KindValidation, "--send-batch-size, --send-chunk-size and --fcm-max-in-flight must be positive")
+	}
+	if c.sendRounds < 0 {
+		return nil, nil, pb.Errorf(pb.KindValidation, "--send-rounds-in-flight=%d must be 0 (the default) or more", c.sendRounds)
+	}
+	if c.sendRounds == 0 {
+		c.sendRounds = (c.fcmMaxInFlight+c.sendChunkSize-1)/c.sendChunkSize + 1
 	}
 	if c.fcmCredentials != "" {
 		key, err := os.ReadFile(c.fcmCredentials)

@@ -156,7 +156,7 @@ func runServe(ctx context.Context, args []string, env envFunc, stdout, stderr io
 		InstanceID: c.instanceID, Logger: log, TickInterval: c.tickInterval,
 		PollInterval: c.pollInterval, MaxWorkers: c.maxWorkers, RescueAfter: c.rescueAfter,
 		Audience: ac, Senders: senders, ProviderRates: rates,
-		SendBatchSize: c.delivery.sendBatchSize, SendChunkSize: c.delivery.sendChunkSize,
+		SendBatchSize: c.delivery.sendBatchSize, SendChunkSize: c.delivery.sendChunkSize, SendRoundsInFlight: c.delivery.sendRounds,
 		HeartbeatInterval: c.heartbeat, LostAfter: c.lostAfter, Version: versionString(),
 		Observer: met,
 	})

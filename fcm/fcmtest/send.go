@@ -291,7 +291,7 @@ func (s *Server) accept(project, key string, msg *Message) string {
 	id := fmt.Sprintf("0:%d%%%016x", s.now().UnixMicro(), s.seq)
 	s.counts[key]++
 	s.total++
-	if s.opts.ReceivedLimit < 0 || s.receivedN < s.opts.ReceivedLimit {
+	if s.receivedN < s.opts.ReceivedLimit { // a negative limit keeps none
 		m := *msg
 		m.Name = "projects/" + project + "/messages/" + id
 		s.received[key] = append(s.received[key], m)
