@@ -145,8 +145,16 @@ type pgxQuerier interface {
 
 type querier struct{ q pgxQuerier }
 
+// execMode turns store.PlanPerCall into pgx's mode for it.
+func execMode(args []any) []any {
+	if len(args) > 0 && args[0] == any(store.PlanPerCall) {
+		args[0] = pgx.QueryExecModeExec
+	}
+	return args
+}
+
 func (q querier) Exec(ctx context.Context, sql string, args ...any) (int64, error) {
-	tag, err := q.q.Exec(ctx, sql, args...)
+	tag, err := q.q.Exec(ctx, sql, execMode(args)...)
 	if err != nil {
 		return 0, interpretError(err)
 	}
@@ -154,7 +162,7 @@ func (q querier) Exec(ctx context.Context, sql string, args ...any) (int64, erro
 }
 
 func (q querier) Query(ctx context.Context, sql string, args ...any) (store.Rows, error) {
-	rows, err := q.q.Query(ctx, sql, args...)
+	rows, err := q.q.Query(ctx, sql, execMode(args)...)
 	if err != nil {
 		return nil, interpretError(err)
 	}

@@ -75,3 +75,45 @@ func TestPoolExhaustionIsATypedError(t *testing.T) {
 		t.Errorf("after the test: %+v", s)
 	}
 }
+
+// TestPlanPerCall: a statement marked store.PlanPerCall is not kept as a
+// prepared statement (so PostgreSQL never switches it to a generic plan);
+// the same statement without the mark is.
+func TestPlanPerCall(t *testing.T) {
+	t.Parallel()
+	db := testdb.NewPostgres(t)
+	ctx := context.Background()
+	pool, err := postgres.Open(ctx, postgres.Config{URL: testdb.URL() + "&search_path=" + db.Schema, MaxConns: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	conn := postgres.NewConn(pool) // one connection: every statement below sees the same session
+	prepared := func(marker string) int {
+		t.Helper()
+		var n int
+		if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE '%' || $1 || '%' AND statement NOT LIKE '%pg_prepared_statements%'`, marker).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	for range 7 { // more than the five custom plans PostgreSQL tries first
+		if _, err := conn.Exec(ctx, `SELECT count(*) FROM unnest($1::text[]) /* per_call */`, store.PlanPerCall, []string{"a", "b"}); err != nil {
+			t.Fatal(err)
+		}
+		rows, err := conn.Query(ctx, `SELECT x FROM unnest($1::text[]) AS x /* per_call_query */`, store.PlanPerCall, []string{"a"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rows.Close()
+		if _, err := conn.Exec(ctx, `SELECT count(*) FROM unnest($1::text[]) /* cached */`, []string{"a", "b"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := prepared("per_call"); n != 0 {
+		t.Errorf("%d prepared statements for the per-call statements; want 0", n)
+	}
+	if n := prepared("cached"); n != 1 {
+		t.Errorf("%d prepared statements for the unmarked statement; want 1 (the test would prove nothing)", n)
+	}
+}

@@ -231,11 +231,13 @@ func (o ops) finishDeliveriesPG(ctx context.Context, id int64, aud Audience, res
 				extra[i] = -1
 			}
 		}
+		// Planned per call: a plan cached for any array would assume ten
+		// keys and walk every row in state sending for each of them.
 		_, err := o.q.Exec(ctx, `
 			UPDATE deliveries d SET state = k.state, code = k.code, reason = k.reason, updated_at = $3, attempts = d.attempts + k.extra
 			FROM unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::int[]) AS k(user_id, token, state, code, reason, extra)
 			WHERE d.execution_id = $1 AND d.audience = $2 AND d.state = 'sending' AND d.user_id = k.user_id AND d.token = k.token`,
-			id, string(aud), now, users, tokens, states, codes, reasons, extra)
+			PlanPerCall, id, string(aud), now, users, tokens, states, codes, reasons, extra)
 		if err != nil {
 			return dbErr(err, "record deliveries of execution %d", id)
 		}

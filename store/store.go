@@ -31,6 +31,15 @@ type Querier interface {
 	QueryRow(ctx context.Context, sql string, args ...any) Row
 }
 
+// PlanPerCall, as a statement's first argument, asks the database to plan
+// the statement with its arguments at every call rather than once for all
+// (PostgreSQL: an unnamed statement instead of a cached one, so no generic
+// plan). For a statement whose best plan depends on its arguments, such as
+// the size of an array parameter. Only Conns that plan ahead accept it.
+var PlanPerCall planPerCall
+
+type planPerCall struct{}
+
 // Rows is a result set.
 type Rows interface {
 	Next() bool
