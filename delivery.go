@@ -152,7 +152,8 @@ func (a *Automation) normalizeCaps(v *Validation) {
 	}
 	if c := a.Cadence; c != nil {
 		if u, err := url.Parse(c.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			v.Add("cadence.url", "is %q; it must be an absolute http or https URL", c.URL)
+			// Not quoted: a URL may carry a password.
+			v.Add("cadence.url", "is not an absolute http or https URL (such as https://cadence.internal/allowed)")
 		}
 		if c.Timeout != "" {
 			if d, err := time.ParseDuration(c.Timeout); err != nil || d <= 0 || d > time.Minute {

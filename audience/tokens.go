@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"text/template"
 	"time"
@@ -97,13 +99,36 @@ type HTTPTokens struct {
 	Timeout                                time.Duration // per batch (default 30s)
 
 	tmpl *template.Template
+	// where is URL without its password, for messages and logs.
+	where string
+}
+
+// location names the token source in messages: its URL without password.
+func (h *HTTPTokens) location() string {
+	if h.where == "" {
+		return redactedURL(h.URL)
+	}
+	return h.where
+}
+
+// redactedURL is raw without the password of its user info; a URL that
+// does not parse is not shown, since it may hold a credential.
+func redactedURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(a URL that does not parse)"
+	}
+	return u.Redacted()
 }
 
 // NewHTTPTokens checks the configuration and compiles the template.
 func NewHTTPTokens(h HTTPTokens) (*HTTPTokens, error) {
-	if h.URL == "" || (!strings.HasPrefix(h.URL, "http://") && !strings.HasPrefix(h.URL, "https://")) {
-		return nil, pb.Errorf(pb.KindValidation, "token source URL %q must be an http(s) URL", h.URL)
+	// The URL is never repeated whole: it may carry a credential.
+	u, err := url.Parse(h.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, pb.Errorf(pb.KindValidation, "token source URL %q must be an absolute http(s) URL", redactedURL(h.URL))
 	}
+	h.where = u.Redacted()
 	if h.Request == "" {
 		h.Request = `{"user_ids": {{json .UserIDs}}}`
 	}
@@ -137,7 +162,11 @@ func (h *HTTPTokens) Tokens(ctx context.Context, userIDs []string) (map[string][
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, h.URL, &body)
 	if err != nil {
-		return nil, pb.Errorf(pb.KindValidation, "token request: %v", err).WithRecoverable(false)
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // its message repeats the URL, which may hold a credential
+		}
+		return nil, pb.Errorf(pb.KindValidation, "token request to %s: %v", h.location(), err).WithRecoverable(false)
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "application/json")
@@ -146,7 +175,7 @@ func (h *HTTPTokens) Tokens(ctx context.Context, userIDs []string) (map[string][
 	}
 	resp, err := h.Client.Do(req)
 	if err != nil {
-		return nil, pb.Errorf(pb.KindExternal, "token source %s unreachable: %v", h.URL, err)
+		return nil, pb.Errorf(pb.KindExternal, "token source %s unreachable: %v", h.location(), err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))

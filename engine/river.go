@@ -175,7 +175,7 @@ func (t riverTime) NowOrNil() *time.Time {
 
 // quietHandler drops River's info logs (per-job chatter) and keeps warnings.
 func quietLogger(l *slog.Logger) *slog.Logger {
-	return slog.New(levelFilter{l.Handler(), slog.LevelWarn}).With("component", "river")
+	return slog.New(levelFilter{l.Handler(), slog.LevelWarn}).With("component", "river", "event", "river")
 }
 
 type levelFilter struct {

@@ -363,7 +363,7 @@ func (c *Client) sendOne(ctx context.Context, p *pb.Push) (res pb.SendResult) {
 		}
 		d := max(out.wait, c.cfg.Backoff.Delay(try, c.cfg.Rand()))
 		if c.log.Enabled(ctx, slog.LevelDebug) {
-			c.log.LogAttrs(ctx, slog.LevelDebug, "fcm: retrying", slog.String("code", pb.ErrorCode(out.err)),
+			c.log.LogAttrs(ctx, slog.LevelDebug, "fcm: retrying", slog.String("event", "fcm.retry"), slog.String("code", pb.ErrorCode(out.err)),
 				slog.Int("attempt", try), slog.Duration("wait", d), slog.String("error", out.err.Message))
 		}
 		// Backoff is waited without the slot so that other pushes keep
@@ -439,7 +439,7 @@ func (c *Client) setPause(d time.Duration) {
 		}
 		if c.pause.CompareAndSwap(cur, until) {
 			c.log.LogAttrs(context.Background(), slog.LevelWarn, "fcm: quota exceeded, pausing every send",
-				slog.Duration("pause", d))
+				slog.String("event", "fcm.quota_pause"), slog.Duration("pause", d))
 			return
 		}
 	}
@@ -538,6 +538,6 @@ func (c *Client) lost(ctx, rctx context.Context, err error, tr *reqTrace) outcom
 
 func (c *Client) logUnknown(ctx context.Context, why string) {
 	if c.log.Enabled(ctx, slog.LevelInfo) {
-		c.log.LogAttrs(ctx, slog.LevelInfo, "fcm: outcome unknown", slog.String("reason", why))
+		c.log.LogAttrs(ctx, slog.LevelInfo, "fcm: outcome unknown", slog.String("event", "fcm.unknown"), slog.String("reason", why))
 	}
 }
