@@ -25,7 +25,6 @@ import (
 	"time"
 
 	pb "github.com/pushblaster/pushblaster"
-	"github.com/pushblaster/pushblaster/internal/testdb"
 )
 
 const (
@@ -82,23 +81,7 @@ for lo in range(0, n, chunk):
 //
 //	PUSHBLASTER_BENCH_AUDIENCE_ROWS  rows the script writes (default 1000000)
 func BenchmarkAudienceIngest(b *testing.B) {
-	b.Run("postgres", func(b *testing.B) {
-		db := testdb.NewPostgres(b)
-		url := testdb.URL()
-		sep := "?"
-		if strings.Contains(url, "?") {
-			sep = "&"
-		}
-		if extra := os.Getenv("PUSHBLASTER_BENCH_PG_PARAMS"); extra != "" {
-			url += sep + extra
-			sep = "&"
-		}
-		runAudienceIngest(b, "PUSHBLASTER_DATABASE_URL="+url+sep+"search_path="+db.Schema)
-	})
-	b.Run("sqlite", func(b *testing.B) {
-		// serve creates and migrates the file.
-		runAudienceIngest(b, "PUSHBLASTER_DATABASE_URL=sqlite:"+filepath.Join(b.TempDir(), "pushblaster.db"))
-	})
+	forEachDatabase(b, runAudienceIngest)
 }
 
 // audienceResult is one measured phase 1.

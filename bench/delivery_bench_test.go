@@ -31,7 +31,6 @@ import (
 	"time"
 
 	pb "github.com/pushblaster/pushblaster"
-	"github.com/pushblaster/pushblaster/internal/testdb"
 )
 
 const (
@@ -91,23 +90,7 @@ var rawRate struct {
 //	PUSHBLASTER_BENCH_PERF_DIR     record the server with `perf record -g` during the live send, into DIR
 func BenchmarkDelivery(b *testing.B) {
 	b.Run("h2load", func(b *testing.B) { runH2load(b) })
-	b.Run("postgres", func(b *testing.B) {
-		db := testdb.NewPostgres(b)
-		url := testdb.URL()
-		sep := "?"
-		if strings.Contains(url, "?") {
-			sep = "&"
-		}
-		if extra := os.Getenv("PUSHBLASTER_BENCH_PG_PARAMS"); extra != "" {
-			url += sep + extra
-			sep = "&"
-		}
-		runDelivery(b, "PUSHBLASTER_DATABASE_URL="+url+sep+"search_path="+db.Schema)
-	})
-	b.Run("sqlite", func(b *testing.B) {
-		// serve creates and migrates the file.
-		runDelivery(b, "PUSHBLASTER_DATABASE_URL=sqlite:"+filepath.Join(b.TempDir(), "pushblaster.db"))
-	})
+	forEachDatabase(b, runDelivery)
 }
 
 // fakeBinary builds cmd/fakefcm next to the pushblaster binary (TestMain

@@ -92,16 +92,7 @@ func TestMain(m *testing.M) {
 func BenchmarkEngineScale(b *testing.B) {
 	b.Run("postgres", func(b *testing.B) {
 		db := testdb.NewPostgres(b)
-		url := testdb.URL()
-		sep := "?"
-		if strings.Contains(url, "?") {
-			sep = "&"
-		}
-		if extra := os.Getenv("PUSHBLASTER_BENCH_PG_PARAMS"); extra != "" {
-			url += sep + extra
-			sep = "&"
-		}
-		runScale(b, "PUSHBLASTER_DATABASE_URL="+url+sep+"search_path="+db.Schema, func(fn func(*store.Store)) { fn(db.Store) })
+		runScale(b, postgresEnv(db), func(fn func(*store.Store)) { fn(db.Store) })
 	})
 	b.Run("sqlite", func(b *testing.B) {
 		path := filepath.Join(b.TempDir(), "pushblaster.db")
@@ -121,6 +112,31 @@ func BenchmarkEngineScale(b *testing.B) {
 			fn(store.New(sqlite.NewConn(db)))
 			closeOnce()
 		})
+	})
+}
+
+// postgresEnv is the server's database setting for db's schema, with
+// PUSHBLASTER_BENCH_PG_PARAMS added.
+func postgresEnv(db *testdb.DB) string {
+	url := testdb.URL()
+	sep := "?"
+	if strings.Contains(url, "?") {
+		sep = "&"
+	}
+	if extra := os.Getenv("PUSHBLASTER_BENCH_PG_PARAMS"); extra != "" {
+		url += sep + extra
+		sep = "&"
+	}
+	return "PUSHBLASTER_DATABASE_URL=" + url + sep + "search_path=" + db.Schema
+}
+
+// forEachDatabase runs run as sub-benchmarks "postgres" (a schema of its
+// own) and "sqlite" (a fresh file that serve creates and migrates), with
+// the server's database setting.
+func forEachDatabase(b *testing.B, run func(b *testing.B, dbEnv string)) {
+	b.Run("postgres", func(b *testing.B) { run(b, postgresEnv(testdb.NewPostgres(b))) })
+	b.Run("sqlite", func(b *testing.B) {
+		run(b, "PUSHBLASTER_DATABASE_URL=sqlite:"+filepath.Join(b.TempDir(), "pushblaster.db"))
 	})
 }
 

@@ -500,27 +500,36 @@ type eventForwarder struct {
 	lines   int
 	dropped int
 	done    chan struct{}
-	wg      sync.WaitGroup
+	// kick says there is something to store: the forwarder stores at
+	// once, and what comes while it stores goes together next.
+	kick chan struct{}
+	wg   sync.WaitGroup
 }
 
 func newEventForwarder(e *Engine, ex *pb.Execution) *eventForwarder {
-	f := &eventForwarder{e: e, ex: ex, done: make(chan struct{})}
+	f := &eventForwarder{e: e, ex: ex, done: make(chan struct{}), kick: make(chan struct{}, 1)}
 	f.wg.Add(1)
 	go func() {
 		defer f.wg.Done()
-		t := time.NewTicker(250 * time.Millisecond)
-		defer t.Stop()
 		for {
 			select {
 			case <-f.done:
 				f.flush()
 				return
-			case <-t.C:
+			case <-f.kick:
 				f.flush()
 			}
 		}
 	}()
 	return f
+}
+
+// kicked wakes the forwarder (f.mu held).
+func (f *eventForwarder) kicked() {
+	select {
+	case f.kick <- struct{}{}:
+	default: // it will store what is pending anyway
+	}
 }
 
 func (f *eventForwarder) stderr(line string) {
@@ -532,12 +541,14 @@ func (f *eventForwarder) stderr(line string) {
 		return
 	}
 	f.pending = append(f.pending, &pb.Event{Type: pb.EventLog, Message: line, Data: map[string]string{"stream": "stderr"}})
+	f.kicked()
 }
 
 func (f *eventForwarder) add(ev *pb.Event) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.pending = append(f.pending, ev)
+	f.kicked()
 }
 
 func (f *eventForwarder) flush() {

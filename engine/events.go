@@ -87,7 +87,9 @@ const EventReconnect pb.EventType = "reconnect"
 
 // Defaults of EventOptions, and fixed sizes.
 const (
-	defaultEventPoll      = 200 * time.Millisecond
+	defaultEventPoll = 200 * time.Millisecond
+	// minPokeGap spaces the reads a burst of local events asks for.
+	minPokeGap            = 5 * time.Millisecond
 	defaultGapTimeout     = 10 * time.Second
 	defaultProgressEvery  = time.Second
 	defaultMaxHeld        = 50000
@@ -123,14 +125,19 @@ type EventHub struct {
 
 	pmu   sync.Mutex
 	marks map[int64]*progressMark
+
+	// wake asks the poller to read now: this instance just stored an
+	// event (Poke). Other instances' events arrive with the next poll.
+	wake chan struct{}
 }
 
 // idGap is a run of missing ids [lo, hi] first seen at poll seenAt.
 type idGap struct {
-	lo, hi  int64
-	seenAt  int64
-	horizon uint64 // xmax of a snapshot taken after the gap was seen; 0: not yet
-	settled bool   // every transaction below horizon has ended
+	lo, hi   int64
+	seenAt   int64     // counted in timed polls (a poke's poll does not count)
+	seenTime time.Time // when it was seen
+	horizon  uint64    // xmax of a snapshot taken after the gap was seen; 0: not yet
+	settled  bool      // every transaction below horizon has ended
 }
 
 type subscriber struct {
@@ -155,7 +162,8 @@ type progressMark struct {
 }
 
 func newEventHub(e *Engine) *EventHub {
-	return &EventHub{e: e, subs: map[*subscriber]struct{}{}, marks: map[int64]*progressMark{}, opts: eventDefaults(EventOptions{})}
+	return &EventHub{e: e, subs: map[*subscriber]struct{}{}, marks: map[int64]*progressMark{}, opts: eventDefaults(EventOptions{}),
+		wake: make(chan struct{}, 1)}
 }
 
 func eventDefaults(o EventOptions) EventOptions {
@@ -313,8 +321,21 @@ func (h *EventHub) loop(ctx context.Context, opts EventOptions, done chan struct
 	defer t.Stop()
 	maxPolls := max(1, int64(opts.GapTimeout/opts.PollInterval))
 	var failingSince, lastReport time.Time
+	timed := true
+	var last time.Time
 	for {
-		err := h.poll(ctx, maxPolls, opts.MaxHeld)
+		if !timed {
+			// Pokes come in bursts: space their reads a little.
+			if wait := minPokeGap - time.Since(last); wait > 0 {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(wait):
+				}
+			}
+		}
+		last = time.Now()
+		err := h.poll(ctx, maxPolls, opts, timed)
 		switch {
 		case err != nil && ctx.Err() == nil:
 			if failingSince.IsZero() {
@@ -332,14 +353,29 @@ func (h *EventHub) loop(ctx context.Context, opts EventOptions, done chan struct
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			timed = true
+		case <-h.wake:
+			timed = false
 		}
+	}
+}
+
+// Poke tells the poller that this instance stored an event, so that live
+// streams get it at once instead of at the next poll.
+func (h *EventHub) Poke() {
+	select {
+	case h.wake <- struct{}{}:
+	default: // a poke is pending already
 	}
 }
 
 // poll reads what is new, re-reads the gaps, and publishes in id order as
 // far as nothing is missing.
-func (h *EventHub) poll(ctx context.Context, maxPolls int64, maxHeld int) error {
-	h.polls++
+func (h *EventHub) poll(ctx context.Context, maxPolls int64, opts EventOptions, timed bool) error {
+	maxHeld := opts.MaxHeld
+	if timed {
+		h.polls++ // gap timeouts count timed polls only
+	}
 	n := h.polls
 	if h.fastPath && len(h.gaps) > 0 {
 		// Taken before the reads below: a transaction that ended before
@@ -356,7 +392,7 @@ func (h *EventHub) poll(ctx context.Context, maxPolls int64, maxHeld int) error 
 				g := &h.gaps[i]
 				// The horizon is taken one poll after the gap was seen, so
 				// that the transaction holding the id has its xid by then.
-				if g.horizon == 0 && g.seenAt < n {
+				if g.horizon == 0 && g.seenAt < n && time.Since(g.seenTime) >= opts.PollInterval {
 					g.horizon = xmax
 				}
 				if g.horizon != 0 && xmin >= g.horizon {
@@ -375,7 +411,7 @@ func (h *EventHub) poll(ctx context.Context, maxPolls int64, maxHeld int) error 
 		}
 		for _, ev := range page {
 			if ev.ID > h.seen+1 {
-				h.gaps = append(h.gaps, idGap{lo: h.seen + 1, hi: ev.ID - 1, seenAt: n})
+				h.gaps = append(h.gaps, idGap{lo: h.seen + 1, hi: ev.ID - 1, seenAt: n, seenTime: time.Now()})
 			}
 			h.held = append(h.held, ev)
 			h.seen = ev.ID
@@ -426,13 +462,13 @@ func (h *EventHub) recheck(ctx context.Context, n, maxPolls int64) error {
 					break
 				}
 				if ev.ID > lo {
-					kept = append(kept, idGap{lo: lo, hi: ev.ID - 1, seenAt: g.seenAt, horizon: g.horizon, settled: g.settled})
+					kept = append(kept, idGap{lo: lo, hi: ev.ID - 1, seenAt: g.seenAt, seenTime: g.seenTime, horizon: g.horizon, settled: g.settled})
 				}
 				found = append(found, ev)
 				lo = ev.ID + 1
 			}
 			if lo <= checked {
-				kept = append(kept, idGap{lo: lo, hi: checked, seenAt: g.seenAt, horizon: g.horizon, settled: g.settled})
+				kept = append(kept, idGap{lo: lo, hi: checked, seenAt: g.seenAt, seenTime: g.seenTime, horizon: g.horizon, settled: g.settled})
 				lo = checked + 1
 			}
 		}

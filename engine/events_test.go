@@ -430,3 +430,22 @@ func TestProgressEvents(t *testing.T) {
 		}
 	}
 }
+
+// TestEventFeedLocalEventsAtOnce: an event this instance stores reaches
+// live streams at once, not at the next poll (here an hour away); one that
+// another instance stored meanwhile comes along, in id order.
+func TestEventFeedLocalEventsAtOnce(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, dialect string) {
+		b := feedSetup(t, dialect, engine.EventOptions{PollInterval: time.Hour})
+		ch, _, _ := subscribe(t, b.eng.Events(), forAutomation(feedAutomation), 16)
+		other := insertEvent(t, b.store, feedAutomation, "stored by another instance")
+		local := &pb.Event{AutomationID: feedAutomation, Type: pb.EventLog, Message: "stored here"}
+		b.eng.RecordEvent(context.Background(), local)
+		if ev := next(t, ch, "the other instance's event"); ev.ID != other.ID {
+			t.Fatalf("first event %d %q, want %d", ev.ID, ev.Message, other.ID)
+		}
+		if ev := next(t, ch, "the local event"); ev.ID != local.ID || ev.Message != "stored here" {
+			t.Fatalf("second event %d %q, want %d", ev.ID, ev.Message, local.ID)
+		}
+	})
+}

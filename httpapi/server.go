@@ -55,7 +55,8 @@ type server struct {
 	svc     pb.Service
 	opts    Options
 	log     *slog.Logger
-	streams atomic.Int64 // open live event streams (sse.go)
+	streams atomic.Int64  // open live event streams (sse.go)
+	encoded encodedEvents // events encoded once for every stream (sse.go)
 }
 
 // NewServer returns the API handler.

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	pb "github.com/pushblaster/pushblaster"
@@ -214,7 +215,7 @@ func (s *server) streamEvents(w http.ResponseWriter, r *http.Request, scope stri
 	h.Set("Cache-Control", "no-cache")
 	h.Set("X-Accel-Buffering", "no") // nginx: do not buffer the stream
 	w.WriteHeader(http.StatusOK)
-	sw := &sseWriter{w: w, rc: http.NewResponseController(w)}
+	sw := &sseWriter{w: w, rc: http.NewResponseController(w), enc: &s.encoded}
 	// The connection may serve other requests after this one.
 	defer func() { _ = sw.rc.SetWriteDeadline(time.Time{}) }()
 	sw.begin()
@@ -316,8 +317,49 @@ func (s *server) streamEvents(w http.ResponseWriter, r *http.Request, scope stri
 type sseWriter struct {
 	w    http.ResponseWriter
 	rc   *http.ResponseController
+	enc  *encodedEvents
 	err  error
 	last int64 // id of the last event written
+}
+
+// encodedEvents keeps the SSE form of the latest events: every stream of
+// an event gets the same bytes, encoded once.
+type encodedEvents struct {
+	mu sync.Mutex
+	m  map[int64][]byte
+	// ring holds the ids in m, oldest first, to bound it.
+	ring []int64
+}
+
+const encodedKeep = 4096
+
+// get returns ev's "id/event/data" block.
+func (c *encodedEvents) get(ev *pb.Event) []byte {
+	c.mu.Lock()
+	b, ok := c.m[ev.ID]
+	c.mu.Unlock()
+	if ok {
+		return b
+	}
+	data, err := json.Marshal(ev)
+	if err != nil {
+		data = []byte(`{"error":"event not encodable"}`)
+	}
+	b = fmt.Appendf(nil, "id: %d\nevent: %s\ndata: %s\n\n", ev.ID, ev.Type, data)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[int64][]byte{}
+	}
+	if _, ok := c.m[ev.ID]; !ok {
+		c.m[ev.ID] = b
+		c.ring = append(c.ring, ev.ID)
+		if len(c.ring) > encodedKeep {
+			delete(c.m, c.ring[0])
+			c.ring = c.ring[1:]
+		}
+	}
+	return b
 }
 
 // begin sets the write deadline for the writes that follow.
@@ -336,11 +378,9 @@ func (sw *sseWriter) printf(format string, args ...any) {
 // event writes a stored event: id, type, and the event as JSON (one line:
 // JSON escapes newlines).
 func (sw *sseWriter) event(ev *pb.Event) {
-	data, err := json.Marshal(ev)
-	if err != nil {
-		data = []byte(`{"error":"event not encodable"}`)
+	if sw.err == nil {
+		_, sw.err = sw.w.Write(sw.enc.get(ev))
 	}
-	sw.printf("id: %d\nevent: %s\ndata: %s\n\n", ev.ID, ev.Type, data)
 	sw.last = ev.ID
 }
 
