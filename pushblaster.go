@@ -86,6 +86,12 @@ type Service interface {
 	// DeleteInvalidToken forgets that a token is invalid, so that it is
 	// sent to again (not_found if it is not recorded).
 	DeleteInvalidToken(ctx context.Context, token string) error
+
+	// Health reports this instance's health; it answers (critical) even
+	// when the database does not.
+	Health(ctx context.Context) *Health
+	// ListErrors returns recorded errors, newest first.
+	ListErrors(ctx context.Context, f ErrorFilter) ([]ErrorRecord, error)
 }
 
 // ApplyResult says what ApplyAutomation did.

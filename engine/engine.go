@@ -87,6 +87,14 @@ type Config struct {
 	CadenceHTTPClient *http.Client
 	// Observer hears what the engine did, for metrics (default: nobody).
 	Observer pb.Observer
+	// PoolStats reports the database connection pool, for health (default:
+	// none known).
+	PoolStats func() pb.PoolStats
+	// HealthErrorWindow and HealthErrorThreshold: more errors recorded in
+	// the window than the threshold make the health degraded (defaults 5m
+	// and 10).
+	HealthErrorWindow    time.Duration
+	HealthErrorThreshold int64
 }
 
 // Engine runs automations. It implements pb.Service.
@@ -113,6 +121,7 @@ type Engine struct {
 	// rounds holds a slot per send round between its claim and its
 	// record (Config.SendRoundsInFlight).
 	rounds chan struct{}
+	health healthState // what the health report remembers (health.go)
 }
 
 var _ pb.Service = (*Engine)(nil)
@@ -157,7 +166,7 @@ func New[TDriver riverdriver.Driver[TTx], TTx any](st *store.Store, driver TDriv
 	}
 	rc := &river.Config{
 		ID:                   cfg.InstanceID,
-		Logger:               quietLogger(cfg.Logger),
+		Logger:               quietLogger(cfg.Logger.With("instance_id", cfg.InstanceID)),
 		Queues:               map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: cfg.MaxWorkers}},
 		Workers:              workers,
 		FetchPollInterval:    cfg.PollInterval,
@@ -228,6 +237,12 @@ func withDefaults(c Config) Config {
 	}
 	if c.SendChunkSize <= 0 {
 		c.SendChunkSize = defaultChunkSize
+	}
+	if c.HealthErrorWindow <= 0 {
+		c.HealthErrorWindow = 5 * time.Minute
+	}
+	if c.HealthErrorThreshold <= 0 {
+		c.HealthErrorThreshold = 10
 	}
 	if c.SendRoundsInFlight <= 0 {
 		c.SendRoundsInFlight = (1000+c.SendChunkSize-1)/c.SendChunkSize + 1

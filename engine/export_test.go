@@ -1,5 +1,11 @@
 package engine
 
+import (
+	"context"
+
+	pb "github.com/pushblaster/pushblaster"
+)
+
 // FreezeHeartbeat stops e's heartbeat while its jobs go on: to the other
 // instances it looks like a process that was killed.
 func FreezeHeartbeat(e *Engine) {
@@ -9,3 +15,9 @@ func FreezeHeartbeat(e *Engine) {
 	stop()
 	e.beating.Wait()
 }
+
+// HasCode reports whether a problem with code is among ps.
+var HasCode = hasCode
+
+// RecordEvent stores an event as the engine does (recordEvent).
+func (e *Engine) RecordEvent(ctx context.Context, ev *pb.Event) { e.recordEvent(ctx, ev) }

@@ -64,11 +64,13 @@ func (e *Engine) beat(ctx context.Context, seen map[string]observed) {
 	lost, err := e.store.Heartbeat(ctx, e.cfg.InstanceID, e.now())
 	if err != nil {
 		if ctx.Err() == nil {
+			e.dbFailed(err) // health.go
 			e.log.Warn("heartbeat failed; other instances declare this one lost if it lasts", "event", "instance.heartbeat_error",
 				"error", err, "lost_after", e.cfg.LostAfter.String())
 		}
 		return
 	}
+	e.dbAnswered(ctx) // records an outage that just ended (health.go)
 	if lost {
 		e.log.Error("this instance was declared lost by the others (its heartbeats stopped for longer than lost_after): stopping its running jobs, which resumed elsewhere, and rejoining",
 			"event", "instance.fenced", "lost_after", e.cfg.LostAfter.String())

@@ -57,7 +57,8 @@ func (e *Engine) newSendRun(ex *pb.Execution, a *pb.Automation, aud store.Audien
 	r := &sendRun{e: e, ex: ex, a: a, aud: aud, sender: sender, tmpl: tmpl, log: log, seq: seq, key: fmt.Sprintf("%d/%s", ex.ID, aud)}
 	if aud == store.AudienceLive && a.Cadence != nil && a.Mode != pb.ModeTest {
 		c, err := cadence.New(cadence.Config{URL: a.Cadence.URL, Timeout: a.Cadence.TimeoutD(), OnError: a.Cadence.OnError,
-			HTTPClient: e.cfg.CadenceHTTPClient, Logger: log})
+			// The client adds automation_id and execution_id itself.
+			HTTPClient: e.cfg.CadenceHTTPClient, Logger: e.log.With("phase", pb.PhaseLiveSend)})
 		if err != nil {
 			return nil, err
 		}
@@ -314,7 +315,7 @@ func (r *sendRun) round(ctx context.Context, rs []pb.Recipient) error {
 			return err
 		}
 	}
-	r.log.Info("batch sent", "event", "send.batch", "audience", r.aud, "batch", r.seq, "claimed", len(claimed), "sent", okCount,
+	r.log.Info("batch sent", "event", "send.batch", "audience", r.aud, "claimed", len(claimed), "sent", okCount,
 		"failed", failed, "invalid_token", len(invalid), "not_requested", notTried, "failed_by_code", byCode)
 
 	if err := context.Cause(ctx); err != nil {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 	"github.com/riverqueue/river/riverdriver/riversqlite"
 
@@ -28,6 +29,9 @@ type bundle struct {
 	clock  *fakeclock.Clock
 	eng    *engine.Engine
 	sender *recordingSender
+	// pools maps a store the test opened itself (e.g. through a proxy)
+	// to its pool, for River.
+	pools map[*store.Store]*pgxpool.Pool
 }
 
 // t0 is 08:00 Berlin on a Monday.
@@ -77,7 +81,9 @@ func (b *bundle) newEngine(t *testing.T, st *store.Store, opts ...option) *engin
 	)
 	if b.db.Pool != nil {
 		pool := b.db.Pool
-		if st != b.db.Store {
+		if p, ok := b.pools[st]; ok {
+			pool = p
+		} else if st != b.db.Store {
 			pool = b.db.Reopen(t)
 		}
 		eng, err = engine.New(st, riverpgxv5.New(pool), cfg)

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -19,8 +20,19 @@ func (e *Engine) tickLoop(ctx context.Context) {
 	defer t.Stop()
 	var failingSince time.Time
 	var lastReport time.Time
+	restored := false
 	for {
-		_, err := e.Tick(ctx)
+		var err error
+		if !restored {
+			// The first pass is the start-up recovery (health.go).
+			restored = e.restore(ctx)
+			if !restored {
+				err = errRestore
+			}
+		} else {
+			_, err = e.Tick(ctx)
+			e.noteTick(err)
+		}
 		switch {
 		case err != nil && ctx.Err() == nil:
 			// Tick logged it; say once in a while that it goes on.
@@ -43,6 +55,9 @@ func (e *Engine) tickLoop(ctx context.Context) {
 		}
 	}
 }
+
+// errRestore stands for a failed start-up recovery (restore logged why).
+var errRestore = errors.New("start-up recovery failed")
 
 // TickResult counts what a tick did.
 type TickResult struct {
@@ -388,6 +403,7 @@ func (e *Engine) recordEventTx(ctx context.Context, tx *store.Tx, ev *pb.Event) 
 		return err
 	}
 	e.eventRecorded(tx, ev)
+	tx.AfterCommit(e.events.Poke) // live streams get it at once
 	return nil
 }
 
@@ -399,7 +415,11 @@ func (e *Engine) recordEvent(ctx context.Context, ev *pb.Event) {
 	}
 	if err := e.store.InsertEvent(ctx, ev); err != nil {
 		e.log.Error("cannot record event", "event", "event.error", "error", err, "message", ev.Message)
+		if ev.Type == pb.EventError && ctx.Err() == nil {
+			e.holdError(ev) // stored when the database answers again (health.go)
+		}
 		return
 	}
 	e.eventRecorded(nil, ev)
+	e.events.Poke() // live streams get it at once
 }

@@ -21,6 +21,8 @@ func (s *server) routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /healthz", s.handleHealthz)
 	mux.HandleFunc("GET /readyz", s.handleReadyz)
 	mux.HandleFunc("GET /metrics", s.handleMetrics)
+	mux.HandleFunc("GET /api/health", s.handleHealth)
+	mux.HandleFunc("GET /api/errors", s.handleErrors)
 	mux.HandleFunc("GET /api/openapi.json", s.handleOpenAPI)
 
 	mux.HandleFunc("GET /api/automations", s.handleListAutomations)
@@ -282,15 +284,11 @@ func (s *server) handleListExecutions(w http.ResponseWriter, r *http.Request) {
 		}
 		f.Status = &status
 	}
-	limit, err := queryInt(r, "limit", 50, 1, 1000)
-	if err == nil {
-		f.BeforeID, err = queryInt(r, "before_id", 0, 0, 1<<62)
-	}
-	if err != nil {
+	var err error
+	if f.Limit, f.BeforeID, err = pageParams(r, 50); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	f.Limit = int(limit)
 	list, err := s.svc.ListExecutions(r.Context(), f)
 	if err != nil {
 		s.writeError(w, r, err)

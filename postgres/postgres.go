@@ -369,21 +369,13 @@ func (c *conn) LoadRecipients(ctx context.Context, table string, id int64, rs []
 	return tag.RowsAffected(), nil
 }
 
-// PoolStats is a snapshot of the pool, for health reports.
-type PoolStats struct {
-	Total   int32 `json:"total"`
-	Idle    int32 `json:"idle"`
-	InUse   int32 `json:"in_use"`
-	Waiting int64 `json:"waiting"`
-	Max     int32 `json:"max"`
-}
-
 // Stats returns the pool's numbers now (c must come from NewConn).
-func Stats(c store.Conn) (PoolStats, bool) {
+func Stats(c store.Conn) (pb.PoolStats, bool) {
 	pc, ok := c.(*conn)
 	if !ok {
-		return PoolStats{}, false
+		return pb.PoolStats{}, false
 	}
 	st := pc.pool.Stat()
-	return PoolStats{Total: st.TotalConns(), Idle: st.IdleConns(), InUse: st.AcquiredConns(), Waiting: pc.waiting.Load(), Max: st.MaxConns()}, true
+	return pb.PoolStats{Total: int64(st.TotalConns()), Idle: int64(st.IdleConns()), InUse: int64(st.AcquiredConns()),
+		Waiting: pc.waiting.Load(), Max: int64(st.MaxConns())}, true
 }

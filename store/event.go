@@ -48,9 +48,12 @@ func (o ops) ListEvents(ctx context.Context, f pb.EventFilter) ([]*pb.Event, err
 		limit = 1000
 	}
 	args = append(args, limit)
-	rows, err := o.q.Query(ctx, fmt.Sprintf(`
-		SELECT id, at, automation_id, execution_id, type, phase, message, data FROM events
-		WHERE %s ORDER BY id LIMIT $%d`, strings.Join(where, " AND "), len(args)), args...)
+	return o.events(ctx, fmt.Sprintf(`WHERE %s ORDER BY id LIMIT $%d`, strings.Join(where, " AND "), len(args)), args...)
+}
+
+// events reads the events a WHERE … ORDER BY … LIMIT clause selects.
+func (o ops) events(ctx context.Context, clause string, args ...any) ([]*pb.Event, error) {
+	rows, err := o.q.Query(ctx, `SELECT id, at, automation_id, execution_id, type, phase, message, data FROM events `+clause, args...)
 	if err != nil {
 		return nil, dbErr(err, "list events")
 	}

@@ -50,17 +50,25 @@ func (c *clientFlags) client() (*client, error) {
 // do sends a request and decodes the JSON answer into out (if non-nil).
 // API errors come back as *pb.Error with their kind and fields.
 func (c *client) do(ctx context.Context, method, path string, body, out any) error {
+	_, err := c.doAccepting(ctx, method, path, body, out, nil)
+	return err
+}
+
+// doAccepting is do, except that a status for which accept reports true
+// is an answer (its body decoded into out), not an error; it returns the
+// status.
+func (c *client) doAccepting(ctx context.Context, method, path string, body, out any, accept func(status int) bool) (int, error) {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
 		if err != nil {
-			return pb.Errorf(pb.KindInternal, "encode request: %v", err)
+			return 0, pb.Errorf(pb.KindInternal, "encode request: %v", err)
 		}
 		rd = bytes.NewReader(b)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
 	if err != nil {
-		return pb.Errorf(pb.KindValidation, "build request: %v", err)
+		return 0, pb.Errorf(pb.KindValidation, "build request: %v", err)
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
@@ -71,33 +79,33 @@ func (c *client) do(ctx context.Context, method, path string, body, out any) err
 	resp, err := c.http.Do(req)
 	if err != nil {
 		if errors.Is(err, syscall.ECONNREFUSED) || isDialError(err) {
-			return pb.Errorf(pb.KindExternal, "cannot reach pushblaster at %s: %v; is `pushblaster serve` running there? (--server, PUSHBLASTER_SERVER)", c.base, err)
+			return 0, pb.Errorf(pb.KindExternal, "cannot reach pushblaster at %s: %v; is `pushblaster serve` running there? (--server, PUSHBLASTER_SERVER)", c.base, err)
 		}
-		return pb.Errorf(pb.KindExternal, "%s %s: %v", method, path, err)
+		return 0, pb.Errorf(pb.KindExternal, "%s %s: %v", method, path, err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 256<<20))
 	if err != nil {
-		return pb.Errorf(pb.KindExternal, "read response of %s %s: %v", method, path, err)
+		return 0, pb.Errorf(pb.KindExternal, "read response of %s %s: %v", method, path, err)
 	}
-	if resp.StatusCode >= 400 {
+	if resp.StatusCode >= 400 && (accept == nil || !accept(resp.StatusCode)) {
 		var eb httpapi.ErrorBody
 		if json.Unmarshal(data, &eb) == nil && eb.Error != nil {
-			return eb.Error
+			return resp.StatusCode, eb.Error
 		}
-		return pb.Errorf(pb.KindExternal, "%s %s: HTTP %d: %s", method, path, resp.StatusCode, strings.TrimSpace(string(data)))
+		return resp.StatusCode, pb.Errorf(pb.KindExternal, "%s %s: HTTP %d: %s", method, path, resp.StatusCode, strings.TrimSpace(string(data)))
 	}
 	if out == nil || resp.StatusCode == http.StatusNoContent {
-		return nil
+		return resp.StatusCode, nil
 	}
 	if raw, ok := out.(*json.RawMessage); ok {
 		*raw = data
-		return nil
+		return resp.StatusCode, nil
 	}
 	if err := json.Unmarshal(data, out); err != nil {
-		return pb.Errorf(pb.KindExternal, "decode response of %s %s: %v", method, path, err)
+		return resp.StatusCode, pb.Errorf(pb.KindExternal, "decode response of %s %s: %v", method, path, err)
 	}
-	return nil
+	return resp.StatusCode, nil
 }
 
 func isDialError(err error) bool {

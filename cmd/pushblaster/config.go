@@ -37,9 +37,30 @@ func flagSet(name string, stderr io.Writer, synopsis string) *flag.FlagSet {
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: pushblaster %s\n\nflags:\n", synopsis)
+		hideSecretDefaults(fs)
 		fs.PrintDefaults()
 	}
 	return fs
+}
+
+// secretFlags hold a secret as their whole value.
+var secretFlags = map[string]bool{"token": true}
+
+// hideSecretDefaults keeps secrets out of the usage text. Defaults come from
+// the environment (PUSHBLASTER_DATABASE_URL, PUSHBLASTER_TOKEN, …), and the
+// flag package prints them: a token is shown as set, a URL without its
+// password.
+func hideSecretDefaults(fs *flag.FlagSet) {
+	fs.VisitAll(func(f *flag.Flag) {
+		n := strings.ToLower(f.Name)
+		switch {
+		case f.DefValue == "":
+		case secretFlags[n] || strings.Contains(n, "secret") || strings.Contains(n, "password"):
+			f.DefValue = "(set, hidden)"
+		case strings.Contains(f.DefValue, "://"):
+			f.DefValue = redactURL(f.DefValue)
+		}
+	})
 }
 
 // parseFlags parses args, allowing flags after positional arguments
@@ -126,6 +147,20 @@ type backend struct {
 	// its metrics.
 	pool  *pgxpool.Pool
 	sqlDB *sql.DB
+}
+
+// poolStats reports the connection pool, for health.
+func (b *backend) poolStats() pb.PoolStats {
+	if st, ok := postgres.Stats(b.store.Conn()); ok {
+		return st
+	}
+	if b.sqlDB == nil {
+		return pb.PoolStats{}
+	}
+	// database/sql does not tell how many wait now (SQLite has one
+	// connection; statements take turns by design).
+	st := b.sqlDB.Stats()
+	return pb.PoolStats{Total: int64(st.OpenConnections), Idle: int64(st.Idle), InUse: int64(st.InUse), Max: int64(st.MaxOpenConnections)}
 }
 
 // openBackend opens the database named by c.url.

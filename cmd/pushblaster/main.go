@@ -85,6 +85,8 @@ Client (talks to a running server; --server, PUSHBLASTER_SERVER):
   execution      list|get|cancel|events|watch|artifacts|deliveries
   invalid-tokens list|delete   tokens providers called invalid
   schedule       preview       next send times of a cron expression
+  health                       the server's health; exit 0 healthy, 1 degraded, 2 critical, 3 no answer
+  errors                       recorded errors, newest first
 
 Run "pushblaster COMMAND -h" for a command's flags.
 `
@@ -114,6 +116,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		return runInvalidTokens(ctx, args[1:], env, stdout, stderr)
 	case "schedule":
 		return runSchedule(ctx, args[1:], env, stdout, stderr)
+	case "health":
+		return runHealth(ctx, args[1:], env, stdout, stderr)
+	case "errors":
+		return runErrors(ctx, args[1:], env, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, versionString())
 		return nil

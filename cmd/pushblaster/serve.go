@@ -34,6 +34,8 @@ type serveConfig struct {
 	audience        audienceConfig
 	delivery        deliveryConfig
 	maxSubscribers  int // live event streams at once (SSE)
+	errorWindow     time.Duration
+	errorThreshold  int
 }
 
 func parseServe(args []string, env envFunc, stderr io.Writer) (*serveConfig, error) {
@@ -62,6 +64,8 @@ func parseServe(args []string, env envFunc, stderr io.Writer) (*serveConfig, err
 	fs.DurationVar(&c.lostAfter, "lost-after", 60*time.Second, "another instance silent this long is declared lost and its running jobs resume here (at least 3 heartbeat intervals)")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", shutdown, "on SIGTERM, how long running jobs may finish before they are cancelled (env PUSHBLASTER_SHUTDOWN_TIMEOUT)")
 	fs.IntVar(&c.maxSubscribers, "max-subscribers", 1000, "live event streams (SSE) this instance serves at once; one more is answered 503")
+	fs.DurationVar(&c.errorWindow, "health-error-window", 5*time.Minute, "health: the window over which recorded errors are counted")
+	fs.IntVar(&c.errorThreshold, "health-error-threshold", 10, "health: more errors than this in --health-error-window make the health degraded")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return nil, err
@@ -78,7 +82,7 @@ func parseServe(args []string, env envFunc, stderr io.Writer) (*serveConfig, err
 	for _, d := range []struct {
 		name string
 		v    time.Duration
-	}{{"tick-interval", c.tickInterval}, {"poll-interval", c.pollInterval}, {"rescue-after", c.rescueAfter}, {"heartbeat-interval", c.heartbeat}, {"lost-after", c.lostAfter}, {"shutdown-timeout", c.shutdownTimeout}} {
+	}{{"tick-interval", c.tickInterval}, {"poll-interval", c.pollInterval}, {"rescue-after", c.rescueAfter}, {"heartbeat-interval", c.heartbeat}, {"lost-after", c.lostAfter}, {"shutdown-timeout", c.shutdownTimeout}, {"health-error-window", c.errorWindow}} {
 		if d.v <= 0 {
 			return nil, pb.Errorf(pb.KindValidation, "--%s=%s must be positive", d.name, d.v)
 		}
@@ -88,6 +92,9 @@ func parseServe(args []string, env envFunc, stderr io.Writer) (*serveConfig, err
 	}
 	if c.maxWorkers <= 0 {
 		return nil, pb.Errorf(pb.KindValidation, "--max-workers=%d must be positive", c.maxWorkers)
+	}
+	if c.errorThreshold <= 0 {
+		return nil, pb.Errorf(pb.KindValidation, "--health-error-threshold=%d must be positive", c.errorThreshold)
 	}
 	if c.maxSubscribers <= 0 {
 		return nil, pb.Errorf(pb.KindValidation, "--max-subscribers=%d must be positive", c.maxSubscribers)
@@ -119,10 +126,16 @@ func runServe(ctx context.Context, args []string, env envFunc, stdout, stderr io
 	if err != nil {
 		return err
 	}
-	log, err := c.log.logger(stderr)
+	base, err := c.log.logger(stderr)
 	if err != nil {
 		return err
 	}
+	// Every line of this instance carries its id, from the first one on.
+	// The engine adds instance_id to its own lines, so it gets base.
+	if c.instanceID == "" {
+		c.instanceID = engine.NewInstanceID()
+	}
+	log := base.With("instance_id", c.instanceID)
 	be, err := openBackend(ctx, c.db)
 	if err != nil {
 		return err
@@ -153,12 +166,13 @@ func runServe(ctx context.Context, args []string, env envFunc, stdout, stderr io
 		Pool:             be.pool, DB: be.sqlDB, Version: versionString(), Logger: log,
 	})
 	eng, err = be.newEngine(engine.Config{
-		InstanceID: c.instanceID, Logger: log, TickInterval: c.tickInterval,
+		InstanceID: c.instanceID, Logger: base, TickInterval: c.tickInterval,
 		PollInterval: c.pollInterval, MaxWorkers: c.maxWorkers, RescueAfter: c.rescueAfter,
 		Audience: ac, Senders: senders, ProviderRates: rates,
 		SendBatchSize: c.delivery.sendBatchSize, SendChunkSize: c.delivery.sendChunkSize, SendRoundsInFlight: c.delivery.sendRounds,
 		HeartbeatInterval: c.heartbeat, LostAfter: c.lostAfter, Version: versionString(),
-		Observer: met,
+		Observer: met, PoolStats: be.poolStats,
+		HealthErrorWindow: c.errorWindow, HealthErrorThreshold: int64(c.errorThreshold),
 	})
 	if err != nil {
 		return err
@@ -174,7 +188,7 @@ func runServe(ctx context.Context, args []string, env envFunc, stdout, stderr io
 			MaxSubscribers: c.maxSubscribers,
 		}),
 		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		ErrorLog:          slog.NewLogLogger(log.With("event", "http.server_error").Handler(), slog.LevelWarn),
 	}
 	// Live event streams end (clients reconnect elsewhere) when shutdown
 	// begins, instead of holding it up.
