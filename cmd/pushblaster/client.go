@@ -42,7 +42,7 @@ func (c *clientFlags) register(fs *flag.FlagSet, env envFunc) {
 func (c *clientFlags) client() (*client, error) {
 	u, err := url.Parse(c.server)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, pb.Errorf(pb.KindValidation, "--server=%q is not an http(s) URL such as http://127.0.0.1:8080", c.server)
+		return nil, pb.Errorf(pb.KindValidation, "--server=%q is not an http(s) URL such as http://127.0.0.1:8080", redactURL(c.server))
 	}
 	return &client{base: strings.TrimRight(c.server, "/"), token: c.token, http: &http.Client{Timeout: 60 * time.Second}}, nil
 }
@@ -79,7 +79,7 @@ func (c *client) doAccepting(ctx context.Context, method, path string, body, out
 	resp, err := c.http.Do(req)
 	if err != nil {
 		if errors.Is(err, syscall.ECONNREFUSED) || isDialError(err) {
-			return 0, pb.Errorf(pb.KindExternal, "cannot reach pushblaster at %s: %v; is `pushblaster serve` running there? (--server, PUSHBLASTER_SERVER)", c.base, err)
+			return 0, pb.Errorf(pb.KindExternal, "cannot reach pushblaster at %s: %v; is `pushblaster serve` running there? (--server, PUSHBLASTER_SERVER)", redactURL(c.base), err)
 		}
 		return 0, pb.Errorf(pb.KindExternal, "%s %s: %v", method, path, err)
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -84,4 +85,92 @@ func TestHealthCommandDegraded(t *testing.T) {
 		!strings.Contains(out, "running 2") || !strings.Contains(out, "fcm: quota exceeded") {
 		t.Errorf("exit %d:\n%s", code, out)
 	}
+}
+
+// TestHealthWhenPostgreSQLStops: the real server on a PostgreSQL server of
+// the test's own, which is stopped mid-run (pg_ctl stop -m fast) while an
+// execution is due, then started again. The health turns critical and
+// says why, the engine keeps running (its API answers), and when
+// PostgreSQL is back the health recovers, the outage is a recorded error,
+// and the execution that came due meanwhile completes, each push sent
+// once.
+func TestHealthWhenPostgreSQLStops(t *testing.T) {
+	t.Parallel()
+	pg := testdb.NewCluster(t)
+	s := startServer(t, []string{"PUSHBLASTER_DATABASE_URL=" + pg.URL()}, "--heartbeat-interval", "200ms", "--lost-after", "1s")
+	pollUntil(t, "healthy", func() (bool, string) {
+		out, err := s.cli("health")
+		return err == nil, out
+	})
+	a := map[string]any{
+		"name":          "through-a-stop",
+		"schedule":      map[string]string{"cron": "0 9 * * *", "timezone": "Europe/Berlin"},
+		"lead_time":     "1s",
+		"audience":      map[string]any{"type": "static", "recipients": []map[string]string{{"user_id": "a", "token": "ta"}, {"user_id": "b", "token": "tb"}, {"user_id": "c", "token": "tc"}}},
+		"test_audience": []map[string]string{{"user_id": "qa", "token": "tq"}},
+		"message":       map[string]string{"title": "Hello", "body": "World"},
+		"delivery":      map[string]string{"provider": "log"},
+	}
+	var created pb.Automation
+	if code := s.do("POST", "/api/automations", a, &created); code != http.StatusCreated {
+		t.Fatalf("create: %d", code)
+	}
+	// Due while PostgreSQL is down: its audience phase at send time − 1s.
+	sendAt := time.Now().Add(4 * time.Second).UTC().Truncate(time.Second)
+	var ex pb.Execution
+	if code := s.do("POST", fmt.Sprintf("/api/automations/%d/run", created.ID), map[string]any{"send_at": sendAt}, &ex); code != http.StatusCreated {
+		t.Fatalf("run: %d", code)
+	}
+
+	runID := ex.ID
+	pg.Stop()
+	var h pb.Health
+	pollUntil(t, "critical, and past the send time", func() (bool, string) {
+		out, err := s.cli("health", "--json")
+		h = pb.Health{}
+		_ = json.Unmarshal([]byte(out), &h)
+		_, code := printed(err)
+		return code == exitCritical && h.CheckedAt.After(sendAt.Add(2*time.Second)), out
+	})
+	if !h.Engine.Running || h.Database.Reachable || len(h.Problems) == 0 || h.Problems[0].Code != pb.ProblemDatabaseUnreachable {
+		t.Fatalf("report during the outage: %+v", h)
+	}
+	pg.Start()
+	pollUntil(t, "healthy again", func() (bool, string) {
+		out, err := s.cli("health")
+		return err == nil, out
+	})
+	pollUntil(t, "the execution due during the outage completed", func() (bool, string) {
+		ex = pb.Execution{}
+		s.do("GET", fmt.Sprintf("/api/executions/%d", runID), nil, &ex)
+		return ex.Status.Final(), fmt.Sprintf("%s %s %v", ex.Status, ex.Phase, ex.Error)
+	})
+	if ex.Status != pb.StatusCompleted || ex.Metrics[pb.MetricSent] != 3 {
+		t.Fatalf("execution: %s metrics %v error %v", ex.Status, ex.Metrics, ex.Error)
+	}
+	pollUntil(t, "the outage in pushblaster errors", func() (bool, string) {
+		out, err := s.cli("errors", "--kind", "database")
+		return err == nil && strings.Contains(out, "database unreachable from"), out
+	})
+	s.stop()
+	for _, u := range []string{`"user_id":"a"`, `"user_id":"b"`, `"user_id":"c"`} {
+		if n := countLines(s.stderr.String(), `"event":"send.log"`, u); n != 1 {
+			t.Errorf("%s was sent %d times, want 1", u, n)
+		}
+	}
+}
+
+// countLines counts the lines of log holding every one of subs.
+func countLines(log string, subs ...string) int {
+	n := 0
+	for _, l := range strings.Split(log, "\n") {
+		all := true
+		for _, s := range subs {
+			all = all && strings.Contains(l, s)
+		}
+		if all {
+			n++
+		}
+	}
+	return n
 }
