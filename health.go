@@ -23,6 +23,7 @@ const (
 	ProblemEngineStopped       = "engine_stopped"       // critical
 	ProblemSchedulerStalled    = "scheduler_stalled"    // critical
 	ProblemPoolWaiting         = "pool_waiting"         // degraded
+	ProblemDatabaseSlow        = "database_slow"        // degraded
 	ProblemJobsStuck           = "jobs_stuck"           // degraded
 	ProblemJobsLate            = "jobs_late"            // degraded
 	ProblemErrorRate           = "error_rate"           // degraded

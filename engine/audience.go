@@ -491,7 +491,8 @@ func (e *Engine) keepArtifacts(ctx context.Context, run *audienceRun) {
 }
 
 // eventForwarder copies a script's stderr lines and heartbeats into the
-// execution's events, in batches, so a chatty script costs few writes.
+// execution's events as they come, off the script's reading path: lines
+// that arrive while it stores go together next.
 type eventForwarder struct {
 	e       *Engine
 	ex      *pb.Execution

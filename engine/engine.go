@@ -122,6 +122,8 @@ type Engine struct {
 	// record (Config.SendRoundsInFlight).
 	rounds chan struct{}
 	health healthState // what the health report remembers (health.go)
+	// replays is the goroutine storing held errors (health.go).
+	replays sync.WaitGroup
 }
 
 var _ pb.Service = (*Engine)(nil)
@@ -301,6 +303,9 @@ func (e *Engine) Start(ctx context.Context) error {
 	e.ticking.Add(1)
 	go func() { defer e.ticking.Done(); e.tickLoop(tickCtx) }()
 	e.started = true
+	e.health.mu.Lock()
+	e.health.started = time.Now()
+	e.health.mu.Unlock()
 	e.log.Info("engine started", "event", "engine.start", "tick_interval", e.cfg.TickInterval.String())
 	return nil
 }
@@ -333,6 +338,10 @@ func (e *Engine) Stop(ctx context.Context) error {
 	// while they finish here.
 	stopBeat()
 	e.beating.Wait()
+	// Errors held while the database was unreachable: one last try.
+	flushCtx, cancelFlush := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	e.flushHeld(flushCtx)
+	cancelFlush()
 	if serr := e.store.StopInstance(context.WithoutCancel(ctx), e.cfg.InstanceID, e.now()); serr != nil {
 		e.log.Warn("cannot record the stop of this instance; the others will declare it lost", "event", "instance.stop_error", "error", serr)
 	}

@@ -13,9 +13,10 @@ import (
 
 // Health thresholds.
 const (
-	// healthDBTimeout bounds the health report's database reads, so that
-	// it answers while the database does not.
-	healthDBTimeout = 3 * time.Second
+	// healthPingTimeout and healthReadTimeout bound the health report's
+	// database statements, so that it answers while the database does not.
+	healthPingTimeout = 2 * time.Second
+	healthReadTimeout = 3 * time.Second
 	// overdueGrace is how far past its expected time an execution may be
 	// before it is reported overdue.
 	overdueGrace = 2 * time.Minute
@@ -25,6 +26,11 @@ const (
 	// maxUnstoredErrors bounds the errors held in memory while the
 	// database does not take them.
 	maxUnstoredErrors = 1000
+	// maxHeldTries is how often a held error is offered to the database
+	// before it is given up (it stays in the log).
+	maxHeldTries = 5
+	// heldInsertTimeout bounds storing one held error.
+	heldInsertTimeout = 5 * time.Second
 	// recentErrors is how many errors the health report lists.
 	recentErrors = 10
 )
@@ -42,9 +48,21 @@ type healthState struct {
 	dbFailures  int
 	dbLastErr   string
 	// unstored are error events the database did not take; they are
-	// stored when it answers again.
-	unstored        []pb.Event
+	// stored when it answers again, by one goroutine at a time
+	// (replaying).
+	unstored        []heldError
 	unstoredDropped int
+	replaying       bool
+	// lastTickOK is when a scheduler pass last succeeded (real time);
+	// started is when the engine started.
+	lastTickOK time.Time
+	started    time.Time
+}
+
+// heldError is an error event waiting to be stored.
+type heldError struct {
+	ev    pb.Event
+	tries int
 }
 
 // noteTick records the end of a scheduler pass.
@@ -56,6 +74,8 @@ func (e *Engine) noteTick(err error) {
 	h.lastTickErr = ""
 	if err != nil {
 		h.lastTickErr = err.Error()
+	} else {
+		h.lastTickOK = h.lastTick
 	}
 }
 
@@ -106,31 +126,79 @@ func (e *Engine) dbFailed(err error) {
 }
 
 // dbAnswered notes a successful heartbeat. After an outage it records the
-// outage as an error (the database can take it now) and stores the errors
-// held meanwhile.
+// outage as an error (the database can take it now), and it has the errors
+// held meanwhile stored, in a goroutine of their own: the heartbeat must
+// not wait for them.
 func (e *Engine) dbAnswered(ctx context.Context) {
 	h := &e.health
 	h.mu.Lock()
 	since, failures, last := h.dbDownSince, h.dbFailures, h.dbLastErr
 	h.dbDownSince, h.dbFailures, h.dbLastErr = time.Time{}, 0, ""
-	held, dropped := h.unstored, h.unstoredDropped
-	h.unstored, h.unstoredDropped = nil, 0
-	h.mu.Unlock()
 	if !since.IsZero() {
 		now := e.now()
 		msg := fmt.Sprintf("database unreachable from %s to %s (%s, %d heartbeats failed): %s; fires due meanwhile run within their catch-up window, interrupted phases resume",
 			since.Format(time.RFC3339), now.Format(time.RFC3339), now.Sub(since).Round(time.Second), failures, last)
 		e.log.Warn(msg, "event", "db.recovered", "down_for", now.Sub(since).Round(time.Second).String(), "failures", failures)
-		held = append(held, pb.Event{At: now, Type: pb.EventError, Message: msg,
-			Data: map[string]string{"kind": string(pb.KindDatabase), "instance": e.cfg.InstanceID}})
+		h.unstored = append(h.unstored, heldError{ev: pb.Event{At: now, Type: pb.EventError, Message: msg,
+			Data: map[string]string{"kind": string(pb.KindDatabase), "instance": e.cfg.InstanceID}}})
 	}
-	if dropped > 0 {
-		held = append(held, pb.Event{At: e.now(), Type: pb.EventError,
-			Message: fmt.Sprintf("%d more errors happened while the database was unreachable; they are in this instance's log only", dropped),
-			Data:    map[string]string{"kind": string(pb.KindDatabase), "instance": e.cfg.InstanceID}})
+	if h.unstoredDropped > 0 {
+		h.unstored = append(h.unstored, heldError{ev: pb.Event{At: e.now(), Type: pb.EventError,
+			Message: fmt.Sprintf("%d more errors happened while the database was unreachable; they are in this instance's log only", h.unstoredDropped),
+			Data:    map[string]string{"kind": string(pb.KindDatabase), "instance": e.cfg.InstanceID}}})
+		h.unstoredDropped = 0
 	}
-	for i := range held {
-		e.recordEvent(ctx, &held[i])
+	start := len(h.unstored) > 0 && !h.replaying
+	h.replaying = h.replaying || start
+	h.mu.Unlock()
+	if start {
+		e.replays.Add(1)
+		go func() {
+			defer e.replays.Done()
+			e.storeHeld(ctx)
+		}()
+	}
+}
+
+// storeHeld stores the held errors, oldest first, until the database
+// refuses one (the rest wait for the next heartbeat). h.replaying is set by
+// the caller and cleared here.
+func (e *Engine) storeHeld(ctx context.Context) {
+	h := &e.health
+	defer func() {
+		h.mu.Lock()
+		h.replaying = false
+		h.mu.Unlock()
+	}()
+	for ctx.Err() == nil {
+		h.mu.Lock()
+		if len(h.unstored) == 0 {
+			h.mu.Unlock()
+			return
+		}
+		ev := h.unstored[0].ev
+		h.mu.Unlock()
+		ictx, cancel := context.WithTimeout(ctx, heldInsertTimeout)
+		err := e.store.InsertEvent(ictx, &ev)
+		cancel()
+		h.mu.Lock()
+		if err == nil {
+			h.unstored = h.unstored[1:]
+			h.mu.Unlock()
+			e.eventRecorded(nil, &ev)
+			e.events.Poke()
+			continue
+		}
+		h.unstored[0].tries++
+		if h.unstored[0].tries < maxHeldTries {
+			h.mu.Unlock()
+			e.log.Warn("cannot store a held error yet; trying again at the next heartbeat", "event", "event.held_error", "error", err)
+			return
+		}
+		h.unstored = h.unstored[1:]
+		h.mu.Unlock()
+		e.log.Error("a held error could not be stored after several tries; it is in this log only", "event", "event.held_dropped",
+			"error", err, "message", ev.Message, "at", ev.At)
 	}
 }
 
@@ -144,7 +212,21 @@ func (e *Engine) holdError(ev *pb.Event) {
 		h.unstoredDropped++
 		return
 	}
-	h.unstored = append(h.unstored, *ev)
+	h.unstored = append(h.unstored, heldError{ev: *ev})
+}
+
+// flushHeld stores what is held before the instance stops, if the
+// database answers within ctx.
+func (e *Engine) flushHeld(ctx context.Context) {
+	e.replays.Wait()
+	h := &e.health
+	h.mu.Lock()
+	start := len(h.unstored) > 0 && !h.replaying
+	h.replaying = h.replaying || start
+	h.mu.Unlock()
+	if start {
+		e.storeHeld(ctx)
+	}
 }
 
 // isRunning reports whether the engine is started and not stopping.
@@ -154,7 +236,8 @@ func (e *Engine) isRunning() bool {
 	return e.started
 }
 
-// Health implements pb.Service.
+// Health implements pb.Service. It only reports: it never changes what
+// the engine remembers (outages are noted by the heartbeats).
 func (e *Engine) Health(ctx context.Context) *pb.Health {
 	now := e.now()
 	h := &pb.Health{InstanceID: e.cfg.InstanceID, Version: e.cfg.Version, CheckedAt: now,
@@ -170,12 +253,16 @@ func (e *Engine) Health(ctx context.Context) *pb.Health {
 	// What this instance remembers.
 	hs := &e.health
 	hs.mu.Lock()
-	lastTick, lastTickErr, downSince, downErr := hs.lastTick, hs.lastTickErr, hs.dbDownSince, hs.dbLastErr
+	lastTick, lastTickOK, lastTickErr, started := hs.lastTick, hs.lastTickOK, hs.lastTickErr, hs.started
+	downSince, downErr := hs.dbDownSince, hs.dbLastErr
 	if hs.restoration != nil {
 		r := *hs.restoration
 		h.LastRestoration = &r
 	}
-	held := append([]pb.Event(nil), hs.unstored...)
+	held := make([]pb.Event, len(hs.unstored))
+	for i := range hs.unstored {
+		held[i] = hs.unstored[i].ev
+	}
 	dropped := hs.unstoredDropped
 	hs.mu.Unlock()
 
@@ -186,12 +273,16 @@ func (e *Engine) Health(ctx context.Context) *pb.Health {
 	}
 	if !h.Engine.Running {
 		problem(pb.ProblemEngineStopped, pb.HealthCritical, "the engine is not running on this instance: nothing is fired or sent from here; start it (pushblaster serve) or check its log for engine.stop")
-	} else if stall := max(2*time.Minute, 10*e.cfg.TickInterval); !lastTick.IsZero() && time.Since(lastTick) > stall {
-		problem(pb.ProblemSchedulerStalled, pb.HealthCritical, "the scheduler has not finished a pass for %s (expected every %s): fires wait; look for tick.error lines and slow database statements",
-			time.Since(lastTick).Round(time.Second), e.cfg.TickInterval)
+	} else if since := later(lastTickOK, started); !since.IsZero() && time.Since(since) > e.stallAfter() {
+		why := "a pass has not finished"
+		if lastTickErr != "" {
+			why = "its passes fail: " + lastTickErr
+		}
+		problem(pb.ProblemSchedulerStalled, pb.HealthCritical, "the scheduler has not completed a pass for %s (expected every %s; %s): fires wait; look for tick.error lines and slow database statements",
+			time.Since(since).Round(time.Second), e.cfg.TickInterval, why)
 	}
 	if len(held) > 0 || dropped > 0 {
-		problem(pb.ProblemErrorsUnrecorded, pb.HealthDegraded, "%d errors could not be stored yet (database unreachable); they are stored when it answers, and listed below meanwhile", len(held)+dropped)
+		problem(pb.ProblemErrorsUnrecorded, pb.HealthDegraded, "%d errors could not be stored yet; they are stored when the database takes them, and listed in recent_errors meanwhile", len(held)+dropped)
 	}
 
 	if e.cfg.PoolStats != nil {
@@ -201,56 +292,67 @@ func (e *Engine) Health(ctx context.Context) *pb.Health {
 		problem(pb.ProblemPoolWaiting, pb.HealthDegraded, "%d statements wait for a database connection (%d/%d in use): raise --db-max-conns (and PostgreSQL's max_connections) or find what holds connections",
 			h.DBPool.Waiting, h.DBPool.InUse, h.DBPool.Max)
 	}
-
-	dctx, cancel := context.WithTimeout(ctx, healthDBTimeout)
-	defer cancel()
-	start := time.Now()
-	err := e.store.Ping(dctx)
-	h.Database.LatencyMS = float64(time.Since(start).Microseconds()) / 1000
 	if !downSince.IsZero() {
 		t := downSince
 		h.Database.UnreachableSince = &t
 	}
-	if err != nil {
+
+	pctx, cancel := context.WithTimeout(ctx, healthPingTimeout)
+	start := time.Now()
+	err := e.store.Ping(pctx)
+	cancel()
+	h.Database.LatencyMS = float64(time.Since(start).Microseconds()) / 1000
+	if err == nil {
+		h.Database.Reachable = true
+		rctx, cancel := context.WithTimeout(ctx, healthReadTimeout)
+		e.healthFromStore(rctx, h, problem, now)
+		cancel()
+	} else {
 		h.Database.Error = err.Error()
 		pe := pb.AsError(err)
 		if e.cfg.PoolStats != nil {
 			h.DBPool = e.cfg.PoolStats() // as it was when the check gave up
 		}
 		full := h.DBPool.Max > 0 && h.DBPool.InUse >= h.DBPool.Max
-		if pe.Context["cause"] == "pool_exhausted" || full {
+		switch {
+		case ctx.Err() != nil:
+			// The caller went away: nothing was learned; the heartbeats
+			// tell.
+			h.Database.Reachable = downSince.IsZero()
+		case pe.Context["cause"] == "pool_exhausted" || (full && downSince.IsZero()):
 			// The database may well answer; this instance has no
-			// connection free to ask it.
+			// connection free to ask it (and its heartbeats succeed).
 			h.Database.Reachable = true
 			if !hasCode(h.Problems, pb.ProblemPoolWaiting) {
 				problem(pb.ProblemPoolWaiting, pb.HealthDegraded, "every database connection is in use (%d/%d, %d waiting); the health check got none within %s: raise --db-max-conns (and PostgreSQL's max_connections) or find what holds connections",
 					h.DBPool.InUse, h.DBPool.Max, h.DBPool.Waiting, time.Since(start).Round(time.Millisecond))
 			}
-		} else {
-			e.dbFailed(err) // the outage is recorded when the database answers again
-			if downSince.IsZero() {
-				downSince = now
-			}
-			since := ""
+		default:
+			since := " (the heartbeats have not failed yet)"
 			if !downSince.IsZero() {
-				since = fmt.Sprintf(" since %s (%s)", downSince.Format(time.RFC3339), now.Sub(downSince).Round(time.Second))
-			} else if downErr != "" {
-				since = " (heartbeats fail too)"
+				since = fmt.Sprintf(" since %s (%s; heartbeats fail: %s)", downSince.Format(time.RFC3339), now.Sub(downSince).Round(time.Second), downErr)
 			}
 			problem(pb.ProblemDatabaseUnreachable, pb.HealthCritical, "the database is unreachable%s: %s; the engine keeps running and resumes when it answers (fires due meanwhile run within their catch-up window)",
 				since, pe.Message)
 		}
-		h.RecentErrors = append(h.RecentErrors, heldRecords(held)...)
-		h.Status = worst(h.Problems)
-		return h
 	}
-	h.Database.Reachable = true
-	h.Database.UnreachableSince = nil
-	e.healthFromStore(dctx, h, problem, now)
 	h.RecentErrors = append(heldRecords(held), h.RecentErrors...)
+	if len(h.RecentErrors) > recentErrors {
+		h.RecentErrors = h.RecentErrors[:recentErrors]
+	}
 	h.Status = worst(h.Problems)
 	return h
 }
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// stallAfter is how long the scheduler may go without a completed pass.
+func (e *Engine) stallAfter() time.Duration { return max(2*time.Minute, 10*e.cfg.TickInterval) }
 
 // healthFromStore fills the parts of h read from the database.
 func (e *Engine) healthFromStore(ctx context.Context, h *pb.Health, problem func(string, pb.HealthStatus, string, ...any), now time.Time) {
@@ -265,6 +367,8 @@ func (e *Engine) healthFromStore(ctx context.Context, h *pb.Health, problem func
 	defer func() {
 		if len(readErrs) > 0 {
 			h.Database.Error = strings.Join(readErrs, "; ")
+			problem(pb.ProblemDatabaseSlow, pb.HealthDegraded, "the database answers, but the health report could not read %s: it is slow or fails statements; the parts not read are empty",
+				strings.Join(readErrs, "; "))
 		}
 	}()
 
@@ -408,27 +512,27 @@ func worst(ps []pb.HealthProblem) pb.HealthStatus {
 
 // ListErrors implements pb.Service: recorded errors, newest first, and on
 // the first page the errors this instance holds until the database takes
-// them.
+// them (also when the database cannot be read: then they are all there is).
 func (e *Engine) ListErrors(ctx context.Context, f pb.ErrorFilter) ([]pb.ErrorRecord, error) {
 	out, err := e.store.ListErrors(ctx, f)
-	if err != nil || f.BeforeID != 0 || f.AutomationID != nil || f.ExecutionID != nil {
+	if f.BeforeID != 0 {
 		return out, err
 	}
 	e.health.mu.Lock()
-	held := append([]pb.Event(nil), e.health.unstored...)
-	e.health.mu.Unlock()
-	if f.Kind != "" {
-		held = filterKind(held, f.Kind)
-	}
-	return append(heldRecords(held), out...), nil
-}
-
-func filterKind(evs []pb.Event, k pb.Kind) []pb.Event {
-	var out []pb.Event
-	for _, ev := range evs {
-		if store.ErrorRecordOf(&ev).Kind == k {
-			out = append(out, ev)
+	var held []pb.Event
+	for _, he := range e.health.unstored {
+		r := store.ErrorRecordOf(&he.ev)
+		if (f.Kind == "" || r.Kind == f.Kind) && (f.AutomationID == nil || r.AutomationID == *f.AutomationID) &&
+			(f.ExecutionID == nil || r.ExecutionID == *f.ExecutionID) {
+			held = append(held, he.ev)
 		}
 	}
-	return out
+	e.health.mu.Unlock()
+	if err != nil {
+		if len(held) == 0 {
+			return nil, err
+		}
+		out = nil
+	}
+	return append(heldRecords(held), out...), nil
 }

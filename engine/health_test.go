@@ -189,6 +189,23 @@ func TestHealthDatabaseGoesAway(t *testing.T) {
 	if !hasProblem(h, pb.ProblemDatabaseUnreachable) || h.Database.Reachable || h.Database.Error == "" || !h.Engine.Running {
 		t.Fatalf("outage report: %s %v %+v", h.Status, h.Reasons, h.Database)
 	}
+	// A health check whose caller went away learns nothing and changes
+	// nothing.
+	cctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	b.eng.Health(cctx)
+	// Errors during the outage are held, listed, and not lost.
+	for i := range 15 {
+		b.eng.RecordEvent(context.Background(), &pb.Event{AutomationID: a.ID, Type: pb.EventError,
+			Message: fmt.Sprintf("during the outage %d", i), Data: map[string]string{"kind": string(pb.KindExternal)}})
+	}
+	h = b.health(b.eng)
+	if len(h.RecentErrors) != 10 || h.RecentErrors[0].Stored || h.RecentErrors[0].Message != "during the outage 14" || !hasProblem(h, pb.ProblemErrorsUnrecorded) {
+		t.Fatalf("held errors in the report: %d %+v %v", len(h.RecentErrors), h.RecentErrors, h.Reasons)
+	}
+	if held, err := b.eng.ListErrors(context.Background(), pb.ErrorFilter{AutomationID: &a.ID}); err != nil || len(held) != 15 {
+		t.Fatalf("errors listed during the outage: %v %d", err, len(held))
+	}
 	// The fire comes due during the outage; the scheduler tries and fails.
 	send := berlin(2026, 6, 1, 9, 30)
 	b.clock.Set(send.Add(-30 * time.Minute))
@@ -206,6 +223,18 @@ func TestHealthDatabaseGoesAway(t *testing.T) {
 	if h.Database.UnreachableSince != nil || !h.Database.Reachable {
 		t.Errorf("after recovery: %+v", h.Database)
 	}
+	// The outage is a stored error, and so is every error held meanwhile,
+	// once each.
+	waitFor(t, "the held errors stored", func() (bool, string) {
+		errs, err := b.eng.ListErrors(context.Background(), pb.ErrorFilter{AutomationID: &a.ID, Limit: 100})
+		stored := 0
+		for _, e := range errs {
+			if e.Stored && strings.HasPrefix(e.Message, "during the outage") {
+				stored++
+			}
+		}
+		return err == nil && stored == 15 && len(errs) == 15, fmt.Sprintf("%v: %d stored of %d", err, stored, len(errs))
+	})
 	// The outage is a stored error.
 	waitFor(t, "the outage recorded", func() (bool, string) {
 		errs, err := b.eng.ListErrors(context.Background(), pb.ErrorFilter{Kind: pb.KindDatabase})
@@ -268,4 +297,59 @@ func TestHealthPoolExhausted(t *testing.T) {
 		c.Release()
 	}
 	b.waitHealth(b.eng, "healthy once connections are free", healthy)
+}
+
+// TestHeldErrorsDoNotStopHeartbeats: errors held during an outage are
+// stored after it by a goroutine of their own; while their inserts block
+// (a lock on the events table), the instance keeps beating, so the others
+// never take it for dead. When the lock goes, they are stored.
+func TestHeldErrorsDoNotStopHeartbeats(t *testing.T) {
+	t.Parallel()
+	db := testdb.NewPostgres(t)
+	proxy := testdb.NewProxy(t)
+	pool := proxy.Open(t, db.Schema)
+	st := store.New(postgres.NewConn(pool))
+	b := &bundle{t: t, db: db, store: db.Store, clock: fakeclock.New(t0), sender: newRecordingSender(),
+		pools: map[*store.Store]*pgxpool.Pool{st: pool}}
+	b.eng = b.newEngine(t, st, func(c *engine.Config) { c.HeartbeatInterval, c.LostAfter = 50*time.Millisecond, time.Second })
+	b.start(b.eng)
+	b.waitHealth(b.eng, "healthy after start", healthy)
+
+	proxy.Cut()
+	b.eng.RecordEvent(context.Background(), &pb.Event{Type: pb.EventError, Message: "held", Data: map[string]string{"kind": "external"}})
+	b.waitHealth(b.eng, "the error held", func(h *pb.Health) bool { return hasProblem(h, pb.ProblemErrorsUnrecorded) })
+
+	// Inserts into events block behind this lock (on the direct pool).
+	ctx := context.Background()
+	tx, err := db.Pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `LOCK TABLE events IN SHARE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	proxy.Restore()
+	beats := func() int64 {
+		ins, err := b.store.LiveInstances(ctx)
+		if err != nil || len(ins) != 1 {
+			t.Fatalf("instances: %v %+v", err, ins)
+		}
+		return ins[0].Beats
+	}
+	first := beats()
+	waitFor(t, "ten more heartbeats while the held error's insert blocks", func() (bool, string) {
+		n := beats()
+		return n >= first+10, fmt.Sprintf("%d beats", n)
+	})
+	if h := b.health(b.eng); !hasProblem(h, pb.ProblemErrorsUnrecorded) {
+		t.Fatalf("the held error is gone while its insert is blocked: %v", h.Reasons)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the held error stored", func() (bool, string) {
+		errs, err := b.eng.ListErrors(ctx, pb.ErrorFilter{Kind: pb.KindExternal})
+		return err == nil && len(errs) == 1 && errs[0].Stored && errs[0].Message == "held", fmt.Sprintf("%v %+v", err, errs)
+	})
 }

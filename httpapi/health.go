@@ -27,7 +27,8 @@ func (s *server) handleHealth(w http.ResponseWriter, r *http.Request) {
 }
 
 // errorKinds are the kinds an error record can have.
-var errorKinds = []pb.Kind{pb.KindTimeout, pb.KindAbort, pb.KindExternal, pb.KindDatabase, pb.KindScript, pb.KindValidation, pb.KindInternal}
+var errorKinds = []pb.Kind{pb.KindTimeout, pb.KindAbort, pb.KindExternal, pb.KindDatabase, pb.KindScript, pb.KindValidation, pb.KindInternal,
+	pb.KindNotFound, pb.KindConflict, pb.KindUnauthorized}
 
 func (s *server) handleErrors(w http.ResponseWriter, r *http.Request) {
 	var f pb.ErrorFilter
@@ -68,11 +69,17 @@ func (s *server) handleErrors(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	out := ErrorList{Errors: list}
-	if out.Errors == nil {
-		out.Errors = []pb.ErrorRecord{}
+	// Held errors (not stored yet) come first on the first page and do
+	// not count against its limit: the limit pages through stored ones.
+	out := ErrorList{Errors: []pb.ErrorRecord{}}
+	stored := 0
+	for _, e := range list {
+		out.Errors = append(out.Errors, e)
+		if e.Stored {
+			stored++
+		}
 	}
-	if n := len(list); n > 0 && list[n-1].Stored && n >= f.Limit {
+	if n := len(list); stored > 0 && stored >= f.Limit && list[n-1].Stored {
 		out.NextBeforeID = list[n-1].ID
 	}
 	writeJSON(w, http.StatusOK, out)

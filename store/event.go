@@ -5,12 +5,22 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"unicode/utf8"
 
 	pb "github.com/pushblaster/pushblaster"
 )
 
-// InsertEvent stores ev and sets its ID.
+// InsertEvent stores ev and sets its ID. Text a database cannot store (a
+// NUL byte, invalid UTF-8: from a script's stderr or a remote service's
+// answer) is stored with those bytes replaced.
 func (o ops) InsertEvent(ctx context.Context, ev *pb.Event) error {
+	ev.Message = storable(ev.Message)
+	for k, v := range ev.Data {
+		if sk, sv := storable(k), storable(v); sk != k || sv != v {
+			delete(ev.Data, k)
+			ev.Data[sk] = sv
+		}
+	}
 	var data any
 	if len(ev.Data) > 0 {
 		b, _ := json.Marshal(ev.Data) // a map of strings always encodes
@@ -85,4 +95,13 @@ func (o ops) events(ctx context.Context, clause string, args ...any) ([]*pb.Even
 		out = append(out, &ev)
 	}
 	return out, dbErr(rows.Err(), "list events")
+}
+
+// storable replaces NUL bytes and invalid UTF-8, which PostgreSQL refuses in
+// text and JSON, with U+FFFD.
+func storable(s string) string {
+	if utf8.ValidString(s) && !strings.ContainsRune(s, 0) {
+		return s
+	}
+	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")
 }

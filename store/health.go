@@ -74,14 +74,16 @@ func (o ops) RunningJobs(ctx context.Context) ([]RunningJob, error) {
 	return out, dbErr(rows.Err(), "read running jobs")
 }
 
-// CountLateJobs counts jobs available since before due: due, and no
-// worker of any instance has taken them.
+// CountLateJobs counts jobs due since before due that no worker of any
+// instance has taken.
 func (o ops) CountLateJobs(ctx context.Context, due time.Time) (int64, error) {
-	q := `SELECT count(*) FROM river_job WHERE state = 'available' AND scheduled_at < $1`
+	// Due jobs wait as available, or as scheduled or retryable until
+	// River's leader makes them available.
+	q := `SELECT count(*) FROM river_job WHERE state IN ('available', 'scheduled', 'retryable') AND scheduled_at < $1`
 	if o.dialect != "postgres" {
 		// River's SQLite timestamps are text in a format of its own:
 		// compare instants, not text.
-		q = `SELECT count(*) FROM river_job WHERE state = 'available' AND julianday(scheduled_at) < julianday($1)`
+		q = `SELECT count(*) FROM river_job WHERE state IN ('available', 'scheduled', 'retryable') AND julianday(scheduled_at) < julianday($1)`
 	}
 	var n int64
 	err := o.q.QueryRow(ctx, q, Canon(due)).Scan(&n)

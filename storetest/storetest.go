@@ -543,6 +543,17 @@ func testEvents(t *testing.T, s *store.Store) {
 	if len(after) != 2 || after[0].Message != "2" {
 		t.Errorf("after/limit: %+v", after)
 	}
+	// Text a database refuses (a NUL byte, invalid UTF-8), as a script's
+	// stderr or a remote service may produce, is stored with those bytes
+	// replaced, not lost.
+	bad := &pb.Event{At: t0, Type: pb.EventError, Message: "bad \x00 byte \xff end", Data: map[string]string{"kind": "external", "body\x00": "x\xffy\x00"}}
+	if err := s.InsertEvent(ctx, bad); err != nil {
+		t.Fatalf("insert an event with a NUL byte and invalid UTF-8: %v", err)
+	}
+	got, err := s.ListEvents(ctx, pb.EventFilter{AfterID: bad.ID - 1, Limit: 1})
+	if err != nil || len(got) != 1 || got[0].Message != "bad \uFFFD byte \uFFFD end" || got[0].Data["body\uFFFD"] != "x\uFFFDy\uFFFD" {
+		t.Errorf("stored bad text: %v %+v", err, got)
+	}
 }
 
 func testTimes(t *testing.T, s *store.Store) {

@@ -227,6 +227,9 @@ func parseDatabaseURL(raw string) (kind, target string, err error) {
 func redactURL(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
+		if !strings.Contains(raw, "@") {
+			return raw // no credentials in it: show the typo as it is
+		}
 		scheme, _, _ := strings.Cut(raw, ":")
 		return scheme + "://(unparseable URL hidden)"
 	}

@@ -24,22 +24,29 @@ const (
 )
 
 // runHealth prints the server's health and exits 0 only when healthy: 1
-// degraded, 2 critical, 3 the server did not answer.
+// degraded, 2 critical, 3 no report (the server did not answer, or the
+// command line is wrong).
 func runHealth(ctx context.Context, args []string, env envFunc, stdout, stderr io.Writer) error {
 	fs := flagSet("health", stderr, "health [--server URL] [--json]   (exit 0 healthy, 1 degraded, 2 critical, 3 no answer)")
 	var cf clientFlags
 	cf.register(fs, env)
+	// Every failure to get a report is "unknown" (3), never one of the
+	// health statuses: a probe must not read a typo as "critical".
 	pos, err := parseFlags(fs, args)
 	if err != nil {
-		return err
+		if ee, ok := err.(exitError); ok && ee.code == 0 {
+			return err // -h
+		}
+		return exitError{exitUnreachable}
 	}
 	if len(pos) > 0 {
 		fmt.Fprintf(stderr, "health takes no arguments, got %q\n", pos)
-		return errUsage
+		return exitError{exitUnreachable}
 	}
 	c, err := cf.client()
 	if err != nil {
-		return err
+		fmt.Fprintf(stderr, "pushblaster health: %s\n", describeError(err))
+		return exitError{exitUnreachable}
 	}
 	var h pb.Health
 	if _, err := c.doAccepting(ctx, http.MethodGet, "/api/health", nil, &h, func(s int) bool { return s == http.StatusServiceUnavailable }); err != nil {

@@ -39,9 +39,10 @@ func TestHealthCommandThroughADatabaseOutage(t *testing.T) {
 	}
 
 	proxy.Cut()
-	pollUntil(t, "critical", func() (bool, string) {
+	pollUntil(t, "critical, with the heartbeats failing", func() (bool, string) {
 		out, code := health()
-		return code == exitCritical && strings.HasPrefix(out, "CRITICAL") && strings.Contains(out, pb.ProblemDatabaseUnreachable), out
+		return code == exitCritical && strings.HasPrefix(out, "CRITICAL") && strings.Contains(out, pb.ProblemDatabaseUnreachable) &&
+			strings.Contains(out, "heartbeats fail"), out
 	})
 	// The API itself still answers.
 	if code := s.do("GET", "/healthz", nil, nil); code != http.StatusOK {
@@ -80,6 +81,12 @@ func TestHealthCommandDegraded(t *testing.T) {
 			RecentErrors: []pb.ErrorRecord{{ID: 7, Kind: pb.KindExternal, ExecutionID: 4, Message: "fcm: quota exceeded", At: at, Stored: true}}})
 	}))
 	defer srv.Close()
+	// No report is never a health status: a bad flag, a bad --server.
+	for _, args := range [][]string{{"health", "--nope"}, {"health", "extra"}, {"health", "--server", "127.0.0.1:8080"}} {
+		if _, _, code, _ := localRun(t, nil, args...); code != exitUnreachable {
+			t.Errorf("pushblaster %v exits %d, want %d", args, code, exitUnreachable)
+		}
+	}
 	out, _, code, _ := localRun(t, map[string]string{"PUSHBLASTER_SERVER": srv.URL}, "health")
 	if code != exitDegraded || !strings.HasPrefix(out, "DEGRADED") || !strings.Contains(out, "pool_waiting: 3 statements wait") ||
 		!strings.Contains(out, "running 2") || !strings.Contains(out, "fcm: quota exceeded") {
