@@ -162,6 +162,24 @@ func TestHealthReportsEachProblem(t *testing.T) {
 	})
 }
 
+// proxiedSetup starts an engine on PostgreSQL reached through a proxy the
+// test can cut, beating every heartbeat; b.store reads directly.
+func proxiedSetup(t *testing.T, heartbeat time.Duration) (*bundle, *testdb.Proxy) {
+	t.Helper()
+	db := testdb.NewPostgres(t)
+	proxy := testdb.NewProxy(t)
+	pool := proxy.Open(t, db.Schema)
+	st := store.New(postgres.NewConn(pool))
+	b := &bundle{t: t, db: db, store: db.Store, clock: fakeclock.New(t0), sender: newRecordingSender(),
+		pools: map[*store.Store]*pgxpool.Pool{st: pool}}
+	b.eng = b.newEngine(t, st, func(c *engine.Config) {
+		c.HeartbeatInterval, c.LostAfter = heartbeat, time.Second
+		c.PoolStats = func() pb.PoolStats { s, _ := postgres.Stats(st.Conn()); return s }
+	})
+	b.start(b.eng)
+	return b, proxy
+}
+
 // TestHealthDatabaseGoesAway: the database disappears mid-run (every
 // connection reset, new ones refused) while a fire comes due. The health
 // turns critical and says why, the engine keeps running, and when the
@@ -170,17 +188,7 @@ func TestHealthReportsEachProblem(t *testing.T) {
 // push sent once.
 func TestHealthDatabaseGoesAway(t *testing.T) {
 	t.Parallel()
-	db := testdb.NewPostgres(t)
-	proxy := testdb.NewProxy(t)
-	pool := proxy.Open(t, db.Schema)
-	st := store.New(postgres.NewConn(pool))
-	b := &bundle{t: t, db: db, store: db.Store, clock: fakeclock.New(t0), sender: newRecordingSender(),
-		pools: map[*store.Store]*pgxpool.Pool{st: pool}}
-	b.eng = b.newEngine(t, st, func(c *engine.Config) {
-		c.HeartbeatInterval, c.LostAfter = 100*time.Millisecond, time.Second
-		c.PoolStats = func() pb.PoolStats { s, _ := postgres.Stats(st.Conn()); return s }
-	})
-	b.start(b.eng)
+	b, proxy := proxiedSetup(t, 100*time.Millisecond)
 	b.waitHealth(b.eng, "healthy after start", healthy)
 	a := b.create(automation("through-an-outage"))
 
@@ -305,14 +313,8 @@ func TestHealthPoolExhausted(t *testing.T) {
 // never take it for dead. When the lock goes, they are stored.
 func TestHeldErrorsDoNotStopHeartbeats(t *testing.T) {
 	t.Parallel()
-	db := testdb.NewPostgres(t)
-	proxy := testdb.NewProxy(t)
-	pool := proxy.Open(t, db.Schema)
-	st := store.New(postgres.NewConn(pool))
-	b := &bundle{t: t, db: db, store: db.Store, clock: fakeclock.New(t0), sender: newRecordingSender(),
-		pools: map[*store.Store]*pgxpool.Pool{st: pool}}
-	b.eng = b.newEngine(t, st, func(c *engine.Config) { c.HeartbeatInterval, c.LostAfter = 50*time.Millisecond, time.Second })
-	b.start(b.eng)
+	b, proxy := proxiedSetup(t, 50*time.Millisecond)
+	db := b.db
 	b.waitHealth(b.eng, "healthy after start", healthy)
 
 	proxy.Cut()
