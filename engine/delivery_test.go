@@ -452,3 +452,37 @@ func TestLostInstanceIsTakenOver(t *testing.T) {
 		t.Errorf("no event says instance %s was lost", b.eng.InstanceID())
 	}
 }
+
+// TestHungProviderHoldsUpOnlyItsOwnSends: rounds in flight are limited
+// per provider, so a provider that hangs does not hold up the sends of
+// another provider on the same instance.
+func TestHungProviderHoldsUpOnlyItsOwnSends(t *testing.T) {
+	t.Parallel()
+	other := newRecordingSender()
+	b := setup(t, "sqlite", func(c *engine.Config) {
+		c.SendRoundsInFlight = 1
+		c.Senders["other"] = other
+	})
+	hung := b.create(automation("hung"))
+	fine := automation("fine")
+	fine.Delivery.Provider = "other"
+	fine.Schedule.Cron = "31 9 * * *" // a minute after the hung one
+	fine = b.create(fine)
+	send := berlin(2026, 6, 1, 9, 30)
+	b.clock.Set(send.Add(-29 * time.Minute))
+	exHung := b.waitPhase(b.waitExecutions(hung.ID, 1)[0].ID, pb.PhaseWindow, pb.PhaseRunning)
+	exFine := b.waitPhase(b.waitExecutions(fine.ID, 1)[0].ID, pb.PhaseWindow, pb.PhaseRunning)
+	entered, release := b.sender.hold()
+	defer release()
+	b.clock.Set(send)
+	<-entered // the hung provider's round holds its only slot
+	b.clock.Set(send.Add(time.Minute))
+	exFine = b.waitStatus(exFine.ID, pb.StatusCompleted)
+	if exFine.Metrics[pb.MetricSent] != 3 || other.count("u1") != 1 {
+		t.Fatalf("the other provider's send: %s %v", describe(exFine), exFine.Metrics)
+	}
+	release()
+	if ex := b.waitStatus(exHung.ID, pb.StatusCompleted); ex.Metrics[pb.MetricSent] != 3 {
+		t.Fatalf("the hung provider's send after release: %s %v", describe(ex), ex.Metrics)
+	}
+}

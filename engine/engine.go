@@ -64,8 +64,8 @@ type Config struct {
 	// SendChunkSize is how many pushes one ledger round claims and hands
 	// to the provider at once (default 250).
 	SendChunkSize int
-	// SendRoundsInFlight is how many rounds may be between their claim
-	// and their record at once on this instance (default: enough to keep
+	// SendRoundsInFlight is how many rounds per provider may be between
+	// their claim and their record at once on this instance (default: enough to keep
 	// 1,000 requests in flight, plus one). Pushes are claimed only when
 	// there is room to send them, so a crash leaves at most this many
 	// rounds unknown and the ledger's set of rows in state sending small.
@@ -118,9 +118,10 @@ type Engine struct {
 	stopped  chan struct{}
 	started  bool
 	events   *EventHub // live event feed (events.go)
-	// rounds holds a slot per send round between its claim and its
-	// record (Config.SendRoundsInFlight).
-	rounds chan struct{}
+	// rounds holds, per provider, a slot per send round between its
+	// claim and its record (Config.SendRoundsInFlight): a provider that
+	// hangs holds up its own sends only.
+	rounds map[string]chan struct{}
 	health healthState // what the health report remembers (health.go)
 	// replays is the goroutine storing held errors (health.go).
 	replays sync.WaitGroup
@@ -145,7 +146,7 @@ func New[TDriver riverdriver.Driver[TTx], TTx any](st *store.Store, driver TDriv
 		clock:    cfg.Clock,
 		log:      cfg.Logger.With("instance_id", cfg.InstanceID),
 		cfg:      cfg,
-		rounds:   make(chan struct{}, cfg.SendRoundsInFlight),
+		rounds:   map[string]chan struct{}{},
 		senders:  map[string]pb.Sender{pb.ProviderLog: &logSender{log: cfg.Logger.With("instance_id", cfg.InstanceID)}},
 		obs:      cfg.Observer,
 		running:  map[int64]map[uint64]context.CancelCauseFunc{},

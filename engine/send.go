@@ -221,12 +221,13 @@ func (r *sendRun) round(ctx context.Context, rs []pb.Recipient) error {
 
 	// Claim only when there is room to send at once: a claimed push
 	// waiting in a queue would be unknown after a crash.
+	slots := e.roundSlots(r.a.Delivery.Provider)
 	select {
-	case e.rounds <- struct{}{}:
+	case slots <- struct{}{}:
 	case <-ctx.Done():
 		return pb.AsError(context.Cause(ctx))
 	}
-	defer func() { <-e.rounds }()
+	defer func() { <-slots }()
 	claimed, err := r.claim(ctx, rs, held, now)
 	if err != nil {
 		return err
@@ -323,6 +324,18 @@ func (r *sendRun) round(ctx context.Context, rs []pb.Recipient) error {
 	}
 	e.progress(ctx, r) // a progress event, at most one a second (events.go)
 	return r.breaker(wctx, attempted, failed, byCode)
+}
+
+// roundSlots is the provider's gate of rounds in flight.
+func (e *Engine) roundSlots(provider string) chan struct{} {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	c, ok := e.rounds[provider]
+	if !ok {
+		c = make(chan struct{}, e.cfg.SendRoundsInFlight)
+		e.rounds[provider] = c
+	}
+	return c
 }
 
 // claim holds back capped recipients and claims the rest, in one

@@ -67,7 +67,7 @@ func (c *deliveryConfig) register(fs *flag.FlagSet, env envFunc) {
 	fs.BoolVar(&c.webhookRetry, "webhook-retry-unknown", false, "webhook: retry a batch whose request may have reached the receiver (only if it drops repeated Idempotency-Keys)")
 	fs.IntVar(&c.sendBatchSize, "send-batch-size", 5000, "recipients per live-send batch job (the unit of work shared by instances)")
 	fs.IntVar(&c.sendChunkSize, "send-chunk-size", 250, "pushes claimed in the ledger and handed to the provider at once")
-	fs.IntVar(&c.sendRounds, "send-rounds-in-flight", 0, "send rounds between claim and record at once on this instance (0: enough for --fcm-max-in-flight, plus one)")
+	fs.IntVar(&c.sendRounds, "send-rounds-in-flight", 0, "send rounds between claim and record at once on this instance, per provider (0: enough for --fcm-max-in-flight, plus one)")
 }
 
 // build opens the configured providers. Each error names the flag to fix.
