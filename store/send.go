@@ -180,6 +180,12 @@ func (o ops) AddInvalidTokens(ctx context.Context, ts []InvalidToken) error {
 // KnownInvalid returns which of tokens are recorded as invalid.
 func (o ops) KnownInvalid(ctx context.Context, tokens []string) (map[string]InvalidToken, error) {
 	out := map[string]InvalidToken{}
+	if o.dialect == "postgres" {
+		// One statement (and one cached plan) whatever the number of tokens.
+		err := o.scanInvalid(ctx, `SELECT token, provider, user_id, code, reason, COALESCE(execution_id, 0), created_at FROM invalid_tokens
+			WHERE token = ANY($1::text[])`, []any{tokens}, func(t InvalidToken) { out[t.Token] = t })
+		return out, err
+	}
 	for start := 0; start < len(tokens); start += insertBatch {
 		batch := tokens[start:min(start+insertBatch, len(tokens))]
 		var sb strings.Builder
