@@ -319,6 +319,17 @@ func (a *Automation) Normalize() error {
 		a.TestAudience = []Recipient{}
 	}
 	validateRecipients(&v, "test_audience", a.TestAudience)
+	// A test list is sent as given: a device listed twice would be sent
+	// twice (a live audience is de-duplicated as it is loaded).
+	seen := map[[2]string]int{}
+	for i, r := range a.TestAudience {
+		k := [2]string{r.UserID, r.Token}
+		if j, dup := seen[k]; dup {
+			v.Add(fmt.Sprintf("test_audience[%d]", i), "repeats test_audience[%d] (same user_id and token); list each device once", j)
+			continue
+		}
+		seen[k] = i
+	}
 
 	a.Message.validate(&v, "message")
 	a.Delivery.normalize(&v)

@@ -237,3 +237,19 @@ func TestErrorClassification(t *testing.T) {
 		t.Error("database errors are recoverable by default, validation ones are not")
 	}
 }
+
+// TestTestAudienceDevicesOnce: a test list is sent as given, so a device
+// listed twice is refused at save, naming both entries.
+func TestTestAudienceDevicesOnce(t *testing.T) {
+	t.Parallel()
+	body := strings.Replace(valid, `"test_audience": [{"user_id": "qa", "token": "tq"}]`,
+		`"test_audience": [{"user_id": "qa", "token": "tq"}, {"user_id": "qa", "token": "tq2"}, {"user_id": "qa", "token": "tq"}]`, 1)
+	a, err := pb.DecodeAutomation(strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pe := pb.AsError(a.Normalize())
+	if pe == nil || len(pe.Fields) != 1 || pe.Fields[0].Field != "test_audience[2]" || !strings.Contains(pe.Fields[0].Message, "repeats test_audience[0]") {
+		t.Fatalf("error = %+v", pe)
+	}
+}

@@ -486,3 +486,49 @@ func TestHungProviderHoldsUpOnlyItsOwnSends(t *testing.T) {
 		t.Fatalf("the hung provider's send after release: %s %v", describe(ex), ex.Metrics)
 	}
 }
+
+// TestRateHoldsAfterASlowProvider: a round takes its share of the rate
+// limit only once it has its provider's slot, so rounds that waited for a
+// slow provider do not all go out in the second it recovers.
+func TestRateHoldsAfterASlowProvider(t *testing.T) {
+	t.Parallel()
+	b := setup(t, "sqlite", func(c *engine.Config) { c.SendRoundsInFlight, c.SendBatchSize, c.SendChunkSize = 1, 1, 1 })
+	a := automation("slow-provider")
+	a.Delivery.RatePerSecond = 3
+	a.Audience.Recipients = recipients("u", 8)
+	a.TestAudience = nil
+	a = b.create(a)
+	send := berlin(2026, 6, 1, 9, 30)
+	b.clock.Set(send.Add(-30 * time.Minute))
+	ex := b.waitPhase(b.waitExecutions(a.ID, 1)[0].ID, pb.PhaseWindow, pb.PhaseRunning)
+	entered, release := b.sender.hold()
+	defer release()
+	b.clock.Set(send)
+	<-entered // the first round is at the provider, which hangs
+	waitFor(t, "all 8 batches running", func() (bool, string) {
+		var n int
+		err := b.store.Conn().QueryRow(t.Context(), `SELECT count(*) FROM river_job WHERE state = 'running' AND kind = 'pushblaster.send_batch'`).Scan(&n)
+		return err == nil && n == 8, fmt.Sprintf("%d running (%v)", n, err)
+	})
+	for range 3 { // the provider hangs for three seconds
+		b.clock.Advance(time.Second)
+	}
+	release()
+	// The clock stands still while each step is checked: the hung round's
+	// push, then 3 in this second; 3 in the next; the last one after.
+	for i, want := range []int{4, 7, 8} {
+		waitFor(t, fmt.Sprintf("%d pushes", want), func() (bool, string) {
+			got := b.sender.total()
+			if got > want {
+				t.Fatalf("%d pushes reached the provider within one second of a rate of 3/s (want at most %d so far)", got, want)
+			}
+			return got == want, fmt.Sprintf("%d pushes", got)
+		})
+		if i < 2 {
+			b.clock.Advance(time.Second)
+		}
+	}
+	if ex = b.waitStatus(ex.ID, pb.StatusCompleted); ex.Metrics[pb.MetricSent] != 8 {
+		t.Fatalf("%s %v", describe(ex), ex.Metrics)
+	}
+}

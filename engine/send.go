@@ -74,6 +74,9 @@ func (e *Engine) sendList(ctx context.Context, ex *pb.Execution, a *pb.Automatio
 	if err != nil {
 		return outcome{err: err}
 	}
+	// Each device once, also for a definition stored before duplicates
+	// were refused.
+	rs = uniqueDevices(rs)
 	chunk := e.cfg.SendChunkSize
 	for start := 0; start < len(rs); start += chunk {
 		if err := run.chunk(ctx, rs[start:min(start+chunk, len(rs))]); err != nil {
@@ -81,6 +84,19 @@ func (e *Engine) sendList(ctx context.Context, ex *pb.Execution, a *pb.Automatio
 		}
 	}
 	return e.sendOutcome(ctx, ex, aud, nil)
+}
+
+// uniqueDevices drops repeated (user_id, token) pairs, keeping the first.
+func uniqueDevices(rs []pb.Recipient) []pb.Recipient {
+	seen := make(map[[2]string]bool, len(rs))
+	out := make([]pb.Recipient, 0, len(rs))
+	for _, r := range rs {
+		if k := [2]string{r.UserID, r.Token}; !seen[k] {
+			seen[k] = true
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // sendRange delivers the live push to the stored recipients with ids in
@@ -150,14 +166,28 @@ func ledgerMetrics(aud store.Audience, counts map[pb.DeliveryState]int64) map[st
 // errBreaker marks the circuit breaker's error.
 var errBreaker = errors.New("circuit breaker")
 
-// chunk sends rs (at most one chunk), waiting for the rate limits first.
+// chunk sends rs (at most one chunk) in rounds. Each round first takes a
+// slot of its provider (claim only when there is room to send at once: a
+// claimed push waiting in a queue would be unknown after a crash), then
+// waits for the rate limits: a round that took its share of a second sends
+// in that second, never after a wait for a slot.
 func (r *sendRun) chunk(ctx context.Context, rs []pb.Recipient) error {
+	slots := r.e.roundSlots(r.a.Delivery.Provider)
 	for len(rs) > 0 {
-		n, err := r.e.waitRate(ctx, r.a, len(rs))
+		n, err := func() (int, error) {
+			select {
+			case slots <- struct{}{}:
+			case <-ctx.Done():
+				return 0, pb.AsError(context.Cause(ctx))
+			}
+			defer func() { <-slots }() // also if the provider panics
+			n, err := r.e.waitRate(ctx, r.a, len(rs))
+			if err != nil {
+				return 0, err
+			}
+			return n, r.round(ctx, rs[:n])
+		}()
 		if err != nil {
-			return err
-		}
-		if err := r.round(ctx, rs[:n]); err != nil {
 			return err
 		}
 		rs = rs[n:]
@@ -219,16 +249,7 @@ func (r *sendRun) round(ctx context.Context, rs []pb.Recipient) error {
 		rs, held = keep, append(held, hold...)
 	}
 
-	// Claim only when there is room to send at once: a claimed push
-	// waiting in a queue would be unknown after a crash.
-	slots := e.roundSlots(r.a.Delivery.Provider)
-	select {
-	case slots <- struct{}{}:
-	case <-ctx.Done():
-		return pb.AsError(context.Cause(ctx))
-	}
-	defer func() { <-slots }()
-	claimed, err := r.claim(ctx, rs, held, now)
+	claimed, err := r.claim(ctx, rs, held, now) // holding its provider's slot (chunk)
 	if err != nil {
 		return err
 	}
