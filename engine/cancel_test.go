@@ -125,16 +125,8 @@ func TestCancelDuringSend(t *testing.T) {
 		b := setup(t, dialect)
 		a := automation("big")
 		a.Audience.Recipients = recipients("u", 1200) // three batches
-		a = b.create(a)
-		send := berlin(2026, 6, 1, 9, 30)
-		b.clock.Set(send.Add(-30 * time.Minute))
-		ex := b.waitPhase(b.waitExecutions(a.ID, 1)[0].ID, pb.PhaseWindow, pb.PhaseRunning)
-
 		// Let the first batch through, then hold the second.
-		entered, release := b.sender.hold()
-		defer release()
-		b.clock.Set(send)
-		<-entered // batch 1 is waiting
+		ex, release := b.heldAtSend(a) // batch 1 is waiting
 		release()
 		entered, release2 := b.sender.hold()
 		defer release2()

@@ -409,15 +409,7 @@ func TestLostInstanceIsTakenOver(t *testing.T) {
 	b := setup(t, "postgres", fast)
 	a := automation("takeover")
 	a.Audience.Recipients = recipients("u", 1200)
-	a = b.create(a)
-	send := berlin(2026, 6, 1, 9, 30)
-	b.clock.Set(send.Add(-30 * time.Minute))
-	ex := b.waitPhase(b.waitExecutions(a.ID, 1)[0].ID, pb.PhaseWindow, pb.PhaseRunning)
-
-	entered, release := b.sender.hold()
-	defer release()
-	b.clock.Set(send)
-	<-entered // the first 500 are in flight on the first engine
+	ex, release := b.heldAtSend(a) // the first 500 are in flight on the first engine
 	engine.FreezeHeartbeat(b.eng)
 	// The frozen engine's River still fetches: if it takes the resumed
 	// batch itself, that run must not hang on the held request.
@@ -497,14 +489,7 @@ func TestRateHoldsAfterASlowProvider(t *testing.T) {
 	a.Delivery.RatePerSecond = 3
 	a.Audience.Recipients = recipients("u", 8)
 	a.TestAudience = nil
-	a = b.create(a)
-	send := berlin(2026, 6, 1, 9, 30)
-	b.clock.Set(send.Add(-30 * time.Minute))
-	ex := b.waitPhase(b.waitExecutions(a.ID, 1)[0].ID, pb.PhaseWindow, pb.PhaseRunning)
-	entered, release := b.sender.hold()
-	defer release()
-	b.clock.Set(send)
-	<-entered // the first round is at the provider, which hangs
+	ex, release := b.heldAtSend(a) // the first round is at the provider, which hangs
 	waitFor(t, "all 8 batches running", func() (bool, string) {
 		var n int
 		err := b.store.Conn().QueryRow(t.Context(), `SELECT count(*) FROM river_job WHERE state = 'running' AND kind = 'pushblaster.send_batch'`).Scan(&n)

@@ -365,21 +365,31 @@ func (b *bundle) stopMidSend(name string, edit ...func(*pb.Automation)) (*pb.Exe
 	for _, fn := range edit {
 		fn(a)
 	}
-	a = b.create(a)
-	send := berlin(2026, 6, 1, 9, 30)
-	b.clock.Set(send.Add(-30 * time.Minute))
-	ex := b.waitPhase(b.waitExecutions(a.ID, 1)[0].ID, pb.PhaseWindow, pb.PhaseRunning)
-	entered, release := b.sender.hold()
-	b.clock.Set(send)
-	<-entered
+	ex, release := b.heldAtSend(a)
 	release()
-	entered, release = b.sender.hold()
+	entered, release := b.sender.hold()
 	<-entered
 	stopCtx, cancel := context.WithTimeout(b.t.Context(), 200*time.Millisecond)
 	defer cancel()
 	_ = b.eng.Stop(stopCtx)
 	release()
-	return ex, send
+	return ex, berlin(2026, 6, 1, 9, 30)
+}
+
+// heldAtSend creates a, runs it to the send time of 09:30 Berlin on June 1
+// and returns once its first live round is at the provider, which holds it
+// until release (called at the end of the test too).
+func (b *bundle) heldAtSend(a *pb.Automation) (*pb.Execution, func()) {
+	b.t.Helper()
+	a = b.create(a)
+	send := berlin(2026, 6, 1, 9, 30)
+	b.clock.Set(send.Add(-30 * time.Minute))
+	ex := b.waitPhase(b.waitExecutions(a.ID, 1)[0].ID, pb.PhaseWindow, pb.PhaseRunning)
+	entered, release := b.sender.hold()
+	b.t.Cleanup(release)
+	b.clock.Set(send)
+	<-entered
+	return ex, release
 }
 
 // setScript sets the sender's script (see recordingSender.script).
