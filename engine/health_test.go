@@ -274,11 +274,7 @@ func TestHealthPoolExhausted(t *testing.T) {
 	t.Parallel()
 	db := testdb.NewPostgres(t)
 	ctx := context.Background()
-	pool, err := postgres.Open(ctx, postgres.Config{URL: testdb.URL() + "&search_path=" + db.Schema, MaxConns: 4, ConnectTimeout: 300 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool := testdb.OpenPool(t, postgres.Config{URL: testdb.URL() + "&search_path=" + db.Schema, MaxConns: 4, ConnectTimeout: 300 * time.Millisecond})
 	st := store.New(postgres.NewConn(pool))
 	b := &bundle{t: t, db: db, store: db.Store, clock: fakeclock.New(t0), sender: newRecordingSender(),
 		pools: map[*store.Store]*pgxpool.Pool{st: pool}}

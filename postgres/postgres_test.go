@@ -28,11 +28,7 @@ func TestPoolExhaustionIsATypedError(t *testing.T) {
 	t.Parallel()
 	db := testdb.NewPostgres(t)
 	ctx := context.Background()
-	pool, err := postgres.Open(ctx, postgres.Config{URL: testdb.URL() + "&search_path=" + db.Schema, MaxConns: 2, ConnectTimeout: 300 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool := testdb.OpenPool(t, postgres.Config{URL: testdb.URL() + "&search_path=" + db.Schema, MaxConns: 2, ConnectTimeout: 300 * time.Millisecond})
 	conn := postgres.NewConn(pool)
 	st := store.New(conn)
 	var held []*pgxpool.Conn
@@ -46,7 +42,7 @@ func TestPoolExhaustionIsATypedError(t *testing.T) {
 	if s, ok := postgres.Stats(conn); !ok || s.InUse != 2 || s.Max != 2 {
 		t.Fatalf("stats = %+v", s)
 	}
-	_, err = st.ListAutomations(ctx, pb.AutomationFilter{})
+	_, err := st.ListAutomations(ctx, pb.AutomationFilter{})
 	pe := pb.AsError(err)
 	if pe == nil || pe.Kind != pb.KindDatabase || !strings.Contains(pe.Message, "waited 300ms for a database connection, 2/2 in use") ||
 		pe.Context["cause"] != "pool_exhausted" || !strings.Contains(pe.Message, "--db-max-conns") {
@@ -83,11 +79,7 @@ func TestPlanPerCall(t *testing.T) {
 	t.Parallel()
 	db := testdb.NewPostgres(t)
 	ctx := context.Background()
-	pool, err := postgres.Open(ctx, postgres.Config{URL: testdb.URL() + "&search_path=" + db.Schema, MaxConns: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	pool := testdb.OpenPool(t, postgres.Config{URL: testdb.URL() + "&search_path=" + db.Schema, MaxConns: 1})
 	conn := postgres.NewConn(pool) // one connection: every statement below sees the same session
 	prepared := func(marker string) int {
 		t.Helper()

@@ -131,6 +131,26 @@ func (s *server) cli(args ...string) (string, error) {
 	return out.String(), nil
 }
 
+// createQuick creates a log-provider automation for users a, b and c with
+// a lead time of 1s, so that a run completes in seconds.
+func (s *server) createQuick(name string) pb.Automation {
+	s.t.Helper()
+	a := map[string]any{
+		"name":          name,
+		"schedule":      map[string]string{"cron": "0 9 * * *", "timezone": "Europe/Berlin"},
+		"lead_time":     "1s",
+		"audience":      map[string]any{"type": "static", "recipients": []map[string]string{{"user_id": "a", "token": "ta"}, {"user_id": "b", "token": "tb"}, {"user_id": "c", "token": "tc"}}},
+		"test_audience": []map[string]string{{"user_id": "qa", "token": "tq"}},
+		"message":       map[string]string{"title": "Hello", "body": "World"},
+		"delivery":      map[string]string{"provider": "log"},
+	}
+	var created pb.Automation
+	if code := s.do("POST", "/api/automations", a, &created); code != http.StatusCreated {
+		s.t.Fatalf("create %s: %d", name, code)
+	}
+	return created
+}
+
 // stop sends SIGTERM and expects a clean exit.
 func (s *server) stop() {
 	s.t.Helper()
@@ -168,19 +188,7 @@ func TestServeEndToEnd(t *testing.T) {
 			if code := s.do("GET", "/readyz", nil, &health); code != 200 || health["status"] != "ready" {
 				t.Fatalf("readyz: %d %v", code, health)
 			}
-			a := map[string]any{
-				"name":          "e2e",
-				"schedule":      map[string]string{"cron": "0 9 * * *", "timezone": "Europe/Berlin"},
-				"lead_time":     "1s",
-				"audience":      map[string]any{"type": "static", "recipients": []map[string]string{{"user_id": "a", "token": "ta"}, {"user_id": "b", "token": "tb"}, {"user_id": "c", "token": "tc"}}},
-				"test_audience": []map[string]string{{"user_id": "qa", "token": "tq"}},
-				"message":       map[string]string{"title": "Hello", "body": "World"},
-				"delivery":      map[string]string{"provider": "log"},
-			}
-			var created pb.Automation
-			if code := s.do("POST", "/api/automations", a, &created); code != 201 {
-				t.Fatalf("create: %d", code)
-			}
+			created := s.createQuick("e2e")
 			var ex pb.Execution
 			if code := s.do("POST", fmt.Sprintf("/api/automations/%d/run", created.ID), nil, &ex); code != 201 {
 				t.Fatalf("run: %d", code)

@@ -109,19 +109,7 @@ func TestHealthWhenPostgreSQLStops(t *testing.T) {
 		out, err := s.cli("health")
 		return err == nil, out
 	})
-	a := map[string]any{
-		"name":          "through-a-stop",
-		"schedule":      map[string]string{"cron": "0 9 * * *", "timezone": "Europe/Berlin"},
-		"lead_time":     "1s",
-		"audience":      map[string]any{"type": "static", "recipients": []map[string]string{{"user_id": "a", "token": "ta"}, {"user_id": "b", "token": "tb"}, {"user_id": "c", "token": "tc"}}},
-		"test_audience": []map[string]string{{"user_id": "qa", "token": "tq"}},
-		"message":       map[string]string{"title": "Hello", "body": "World"},
-		"delivery":      map[string]string{"provider": "log"},
-	}
-	var created pb.Automation
-	if code := s.do("POST", "/api/automations", a, &created); code != http.StatusCreated {
-		t.Fatalf("create: %d", code)
-	}
+	created := s.createQuick("through-a-stop")
 	// Due while PostgreSQL is down: its audience phase at send time − 1s.
 	sendAt := time.Now().Add(4 * time.Second).UTC().Truncate(time.Second)
 	var ex pb.Execution

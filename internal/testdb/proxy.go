@@ -1,7 +1,6 @@
 package testdb
 
 import (
-	"context"
 	"io"
 	"net"
 	"net/url"
@@ -59,12 +58,7 @@ func (p *Proxy) URL() string {
 // that an outage shows quickly.
 func (p *Proxy) Open(tb testing.TB, schema string) *pgxpool.Pool {
 	tb.Helper()
-	pool, err := postgres.Open(context.Background(), postgres.Config{URL: p.URL(), Schema: schema, ConnectTimeout: time.Second})
-	if err != nil {
-		tb.Fatalf("open pool through the proxy: %v", err)
-	}
-	tb.Cleanup(pool.Close)
-	return pool
+	return OpenPool(tb, postgres.Config{URL: p.URL(), Schema: schema, ConnectTimeout: time.Second})
 }
 
 func (p *Proxy) serve(ln net.Listener) {

@@ -74,19 +74,24 @@ func NewPostgres(tb testing.TB) *DB {
 		_, _ = admin.Exec(context.Background(), "DROP SCHEMA "+schema+" CASCADE")
 		admin.Close()
 	})
-	open := func(tb testing.TB) *pgxpool.Pool {
-		pool, err := postgres.Open(ctx, postgres.Config{URL: URL(), Schema: schema})
-		if err != nil {
-			tb.Fatalf("open pool: %v", err)
-		}
-		tb.Cleanup(pool.Close)
-		return pool
-	}
+	open := func(tb testing.TB) *pgxpool.Pool { return OpenPool(tb, postgres.Config{URL: URL(), Schema: schema}) }
 	pool := open(tb)
 	if _, err := postgres.Migrate(ctx, pool); err != nil {
 		tb.Fatalf("migrate: %v", err)
 	}
 	return &DB{Store: store.New(postgres.NewConn(pool)), Pool: pool, Schema: schema, Reopen: open}
+}
+
+// OpenPool opens a pool with cfg (a test's own limits and timeouts),
+// closed when the test ends.
+func OpenPool(tb testing.TB, cfg postgres.Config) *pgxpool.Pool {
+	tb.Helper()
+	pool, err := postgres.Open(context.Background(), cfg)
+	if err != nil {
+		tb.Fatalf("open pool: %v", err)
+	}
+	tb.Cleanup(pool.Close)
+	return pool
 }
 
 // NewSQLite creates a migrated SQLite file in a temporary directory.
