@@ -1,10 +1,8 @@
 package httpapi_test
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -180,19 +178,14 @@ func (e *streamEnv) event(ex *pb.Execution, msg string) int64 {
 }
 
 // sseMsg is one block of an event stream.
-type sseMsg struct {
-	comment string // a comment line (": heartbeat")
-	id      string
-	hasID   bool
-	event   string
-	data    string
-}
+type sseMsg = httpapi.SSEMessage
 
-func (m sseMsg) eventID(t *testing.T) int64 {
+// eventID is m's id as a number.
+func eventID(t *testing.T, m sseMsg) int64 {
 	t.Helper()
-	id, err := strconv.ParseInt(m.id, 10, 64)
+	id, err := strconv.ParseInt(m.ID, 10, 64)
 	if err != nil {
-		t.Fatalf("event id %q: %v", m.id, err)
+		t.Fatalf("event id %q: %v", m.ID, err)
 	}
 	return id
 }
@@ -236,7 +229,11 @@ func (e *streamEnv) open(path string, headers ...string) *stream {
 	}
 	s := &stream{t: e.t, resp: resp, cancel: cancel, msgs: make(chan sseMsg, 10000), done: make(chan error, 1)}
 	go func() {
-		s.done <- parseSSE(resp.Body, s.msgs)
+		err := httpapi.ReadSSE(resp.Body, func(m httpapi.SSEMessage) error { s.msgs <- m; return nil })
+		if err == nil {
+			err = io.EOF
+		}
+		s.done <- err
 		close(s.msgs)
 	}()
 	e.t.Cleanup(s.close)
@@ -246,44 +243,6 @@ func (e *streamEnv) open(path string, headers ...string) *stream {
 func (s *stream) close() {
 	s.cancel()
 	s.resp.Body.Close()
-}
-
-// parseSSE sends every block of r to out.
-func parseSSE(r io.Reader, out chan<- sseMsg) error {
-	br := bufio.NewReader(r)
-	var m sseMsg
-	var data []string
-	pending := false
-	for {
-		line, err := br.ReadString('\n')
-		if err != nil {
-			return err
-		}
-		line = strings.TrimRight(line, "\r\n")
-		if line == "" {
-			if pending {
-				m.data = strings.Join(data, "\n")
-				out <- m
-			}
-			m, data, pending = sseMsg{}, nil, false
-			continue
-		}
-		pending = true
-		if c, ok := strings.CutPrefix(line, ":"); ok {
-			m.comment = strings.TrimSpace(c)
-			continue
-		}
-		field, value, _ := strings.Cut(line, ":")
-		value = strings.TrimPrefix(value, " ")
-		switch field {
-		case "id":
-			m.id, m.hasID = value, true
-		case "event":
-			m.event = value
-		case "data":
-			data = append(data, value)
-		}
-	}
 }
 
 // next returns the next block, failing after a generous deadline.
@@ -306,7 +265,7 @@ func (s *stream) nextEvent(what string) sseMsg {
 		if !ok {
 			s.t.Fatalf("waiting for %s: the stream ended (%v)", what, <-s.done)
 		}
-		if m.data != "" {
+		if m.Data != "" {
 			return m
 		}
 	}
@@ -323,13 +282,13 @@ func (s *stream) collect(want []int64) []int64 {
 	var got []int64
 	for len(missing) > 0 {
 		m := s.nextEvent(fmt.Sprintf("%d more events", len(missing)))
-		if m.event == httpapi.SSEReconnect {
-			s.t.Fatalf("the stream ended with reconnect %s, %d events short", m.data, len(missing))
+		if m.Event == httpapi.SSEReconnect {
+			s.t.Fatalf("the stream ended with reconnect %s, %d events short", m.Data, len(missing))
 		}
-		id := m.eventID(s.t)
+		id := eventID(s.t, m)
 		var ev pb.Event
-		if err := json.Unmarshal([]byte(m.data), &ev); err != nil || ev.ID != id || string(ev.Type) != m.event {
-			s.t.Fatalf("event block id %s event %s data %s: does not match (%v)", m.id, m.event, m.data, err)
+		if err := json.Unmarshal([]byte(m.Data), &ev); err != nil || ev.ID != id || string(ev.Type) != m.Event {
+			s.t.Fatalf("event block id %s event %s data %s: does not match (%v)", m.ID, m.Event, m.Data, err)
 		}
 		got = append(got, id)
 		delete(missing, id)
@@ -442,8 +401,8 @@ func TestStreamLiveOnlyIsResumable(t *testing.T) {
 		if !ok {
 			t.Fatal("stream ended")
 		}
-		if m.hasID && m.data == "" {
-			pos = m.eventID(t)
+		if m.HasID && m.Data == "" {
+			pos = eventID(t, m)
 		}
 	}
 	if pos < old {
@@ -576,9 +535,9 @@ func TestStreamHeartbeat(t *testing.T) {
 		if !ok {
 			t.Fatal("the stream ended")
 		}
-		if m.comment == "heartbeat" {
+		if m.Comment == "heartbeat" {
 			beats++
-		} else if m.data != "" {
+		} else if m.Data != "" {
 			t.Fatalf("an idle stream got %+v", m)
 		}
 	}
@@ -664,25 +623,25 @@ func TestStreamSlowConsumerIsCutOff(t *testing.T) {
 	})
 
 	msgs := make(chan sseMsg, 1000)
-	perr := parseSSE(slow.Body, msgs)
+	perr := httpapi.ReadSSE(slow.Body, func(m httpapi.SSEMessage) error { msgs <- m; return nil })
 	close(msgs)
-	if !errors.Is(perr, io.EOF) {
+	if perr != nil { // nil: the server ended the stream
 		t.Fatalf("slow stream: %v", perr)
 	}
 	var got []int64
 	var rd *httpapi.ReconnectData
 	for m := range msgs {
 		switch {
-		case m.event == httpapi.SSEReconnect:
+		case m.Event == httpapi.SSEReconnect:
 			rd = &httpapi.ReconnectData{}
-			if err := json.Unmarshal([]byte(m.data), rd); err != nil {
+			if err := json.Unmarshal([]byte(m.Data), rd); err != nil {
 				t.Fatal(err)
 			}
-		case m.data != "":
+		case m.Data != "":
 			if rd != nil {
-				t.Fatalf("event %s after the reconnect event", m.id)
+				t.Fatalf("event %s after the reconnect event", m.ID)
 			}
-			got = append(got, m.eventID(t))
+			got = append(got, eventID(t, m))
 		}
 	}
 	if rd == nil || !strings.Contains(rd.Message, "Last-Event-ID") {
@@ -708,7 +667,7 @@ func TestStreamEndsWhenFeedStops(t *testing.T) {
 		if !ok {
 			t.Fatal("the stream ended without a reconnect event")
 		}
-		if m.event == httpapi.SSEReconnect {
+		if m.Event == httpapi.SSEReconnect {
 			break
 		}
 	}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -186,7 +185,7 @@ func (w *watcher) follow(ctx context.Context) error {
 		return errPermanent{pb.Errorf(pb.KindExternal, "the server answered %s, not an event stream; is it an older pushblaster? (pushblaster execution events %s lists the events)", ct, w.id)}
 	}
 	w.connected = true
-	err = readSSE(resp.Body, func(m sseMessage) error {
+	err = httpapi.ReadSSE(resp.Body, func(m httpapi.SSEMessage) error {
 		activity.Store(time.Now().UnixNano())
 		return w.handle(m)
 	})
@@ -248,24 +247,24 @@ func (w *watcher) guard(ctx context.Context, cancel context.CancelCauseFunc, act
 var errStop = errors.New("stop")
 
 // handle shows one message of the stream.
-func (w *watcher) handle(m sseMessage) error {
-	if m.hasID {
-		if id, err := strconv.ParseInt(m.id, 10, 64); err == nil && id > w.last {
+func (w *watcher) handle(m httpapi.SSEMessage) error {
+	if m.HasID {
+		if id, err := strconv.ParseInt(m.ID, 10, 64); err == nil && id > w.last {
 			w.last = id
 		}
 	}
-	if m.data == "" {
+	if m.Data == "" {
 		return nil // a comment (heartbeat), or a position
 	}
-	if m.event == httpapi.SSEReconnect {
+	if m.Event == httpapi.SSEReconnect {
 		var rd httpapi.ReconnectData
-		_ = json.Unmarshal([]byte(m.data), &rd)
+		_ = json.Unmarshal([]byte(m.Data), &rd)
 		w.last = max(w.last, rd.LastEventID)
 		return errReconnect{msg: rd.Message}
 	}
 	var ev pb.Event
-	if err := json.Unmarshal([]byte(m.data), &ev); err != nil {
-		return pb.Errorf(pb.KindExternal, "unreadable event %q: %v", m.data, err)
+	if err := json.Unmarshal([]byte(m.Data), &ev); err != nil {
+		return pb.Errorf(pb.KindExternal, "unreadable event %q: %v", m.Data, err)
 	}
 	if ev.ID != 0 && ev.ID <= w.printed {
 		return nil
@@ -352,60 +351,6 @@ func (w *watcher) outcome(ctx context.Context) error {
 		return exitError{1}
 	}
 	return nil
-}
-
-// sseMessage is one block of a server-sent event stream.
-type sseMessage struct {
-	id    string
-	hasID bool
-	event string
-	data  string
-}
-
-// readSSE parses a server-sent event stream (the WHATWG format) and calls
-// fn for every block: an event, a comment, or an id alone. It returns
-// fn's first error, or nil at the end of the stream.
-func readSSE(r io.Reader, fn func(sseMessage) error) error {
-	br := bufio.NewReaderSize(r, 64<<10)
-	var (
-		m       sseMessage
-		data    []string
-		pending bool
-	)
-	for {
-		line, err := br.ReadString('\n')
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				return nil // an unterminated block is dropped, as EventSource does
-			}
-			return err
-		}
-		line = strings.TrimSuffix(strings.TrimSuffix(line, "\n"), "\r")
-		if line == "" {
-			if pending {
-				m.data = strings.Join(data, "\n")
-				if err := fn(m); err != nil {
-					return err
-				}
-			}
-			m, data, pending = sseMessage{}, nil, false
-			continue
-		}
-		pending = true
-		if strings.HasPrefix(line, ":") {
-			continue // a comment: the heartbeat
-		}
-		field, value, _ := strings.Cut(line, ":")
-		value = strings.TrimPrefix(value, " ")
-		switch field {
-		case "id":
-			m.id, m.hasID = value, true
-		case "event":
-			m.event = value
-		case "data":
-			data = append(data, value)
-		}
-	}
 }
 
 // isTerminal reports whether w is a terminal (progress bars redraw in

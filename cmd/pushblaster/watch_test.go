@@ -221,11 +221,11 @@ func TestWatchExitsNonZeroUnlessCompleted(t *testing.T) {
 // comments, id lines without data, multi-line data, CRLF.
 func TestReadSSE(t *testing.T) {
 	in := "retry: 2000\n\n: heartbeat\n\nid: 7\n\nid: 8\r\nevent: log\r\ndata: {\"a\":\r\ndata: 1}\r\n\r\nevent: reconnect\ndata: x\n\nid: 9\ndata: unterminated"
-	var got []sseMessage
-	if err := readSSE(strings.NewReader(in), func(m sseMessage) error { got = append(got, m); return nil }); err != nil {
+	var got []httpapi.SSEMessage
+	if err := httpapi.ReadSSE(strings.NewReader(in), func(m httpapi.SSEMessage) error { got = append(got, m); return nil }); err != nil {
 		t.Fatal(err)
 	}
-	want := []sseMessage{{}, {}, {id: "7", hasID: true}, {id: "8", hasID: true, event: "log", data: "{\"a\":\n1}"}, {event: "reconnect", data: "x"}}
+	want := []httpapi.SSEMessage{{}, {Comment: "heartbeat"}, {ID: "7", HasID: true}, {ID: "8", HasID: true, Event: "log", Data: "{\"a\":\n1}"}, {Event: "reconnect", Data: "x"}}
 	if len(got) != len(want) {
 		t.Fatalf("got %+v", got)
 	}
