@@ -34,6 +34,15 @@ type Sender interface {
 	Send(ctx context.Context, ps []Push) []SendResult
 }
 
+// InFlightSender is a Sender that says how many pushes it delivers at once
+// at most. The engine hands it only as many rounds as keep that many busy
+// (plus one), so that no claimed push waits in a queue: after a crash
+// every push in state sending had really been handed over.
+type InFlightSender interface {
+	Sender
+	MaxInFlight() int
+}
+
 // SendResult is one push's outcome.
 type SendResult struct {
 	// State is DeliverySent, DeliveryFailed, DeliveryInvalidToken,

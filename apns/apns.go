@@ -233,6 +233,11 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
+// MaxInFlight implements pb.InFlightSender: Config.MaxInFlight.
+func (s *Sender) MaxInFlight() int { return cap(s.sem) }
+
+var _ pb.InFlightSender = (*Sender)(nil)
+
 // Send delivers every push of ps, up to MaxInFlight at once, and returns
 // one result per push in the order of ps. Retries (transient APNs errors,
 // connections that failed before the request left, one token refresh)

@@ -25,6 +25,23 @@ import (
 type batchArgs struct {
 	ExecutionID int64 `json:"execution_id"`
 	Seq         int   `json:"seq"`
+	// Provider names the queue the job runs in (sendQueue). Empty in jobs
+	// enqueued before there was a queue per provider: they run in the
+	// default queue.
+	Provider string `json:"provider,omitempty"`
+}
+
+// sendQueue is the River queue of provider's batch jobs. Each provider
+// has its own, with its own workers (Config.SendWorkers), apart from the
+// phases in River's default queue: a send to millions, or a provider that
+// hangs, holds up only that provider's batches, never another
+// automation's audience, test send or window, nor another provider's
+// send. An instance works only the queues of the providers it has.
+func sendQueue(provider string) string {
+	if provider == "" {
+		return river.QueueDefault
+	}
+	return "send_" + provider
 }
 
 func (batchArgs) Kind() string { return "pushblaster.send_batch" }
@@ -74,12 +91,12 @@ func (e *Engine) planLiveSend(ctx context.Context, ex *pb.Execution, a *pb.Autom
 	if len(bs) == 0 {
 		return e.sendOutcome(ctx, ex, store.AudienceLive, nil)
 	}
-	return outcome{batches: bs}
+	return outcome{batches: bs, provider: a.Delivery.Provider}
 }
 
-// fanOut records the plan of a live send and enqueues its batch jobs; the
-// phase stays running.
-func (e *Engine) fanOut(ctx context.Context, tx *store.Tx, ex *pb.Execution, bs []store.SendBatch, log *slog.Logger) error {
+// fanOut records the plan of a live send and enqueues its batch jobs in
+// provider's queue (sendQueue); the phase stays running.
+func (e *Engine) fanOut(ctx context.Context, tx *store.Tx, ex *pb.Execution, provider string, bs []store.SendBatch, log *slog.Logger) error {
 	now := e.now()
 	if err := tx.InsertBatches(ctx, bs, now); err != nil {
 		return err
@@ -87,7 +104,7 @@ func (e *Engine) fanOut(ctx context.Context, tx *store.Tx, ex *pb.Execution, bs 
 	total := 0
 	for _, b := range bs {
 		total += b.Size
-		if _, err := e.jobs.insert(ctx, tx, batchArgs{ExecutionID: ex.ID, Seq: b.Seq}, time.Time{}); err != nil {
+		if _, err := e.jobs.insert(ctx, tx, batchArgs{ExecutionID: ex.ID, Seq: b.Seq, Provider: provider}, time.Time{}); err != nil {
 			return err
 		}
 	}

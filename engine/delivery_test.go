@@ -484,7 +484,10 @@ func TestHungProviderHoldsUpOnlyItsOwnSends(t *testing.T) {
 // slow provider do not all go out in the second it recovers.
 func TestRateHoldsAfterASlowProvider(t *testing.T) {
 	t.Parallel()
-	b := setup(t, "sqlite", func(c *engine.Config) { c.SendRoundsInFlight, c.SendBatchSize, c.SendChunkSize = 1, 1, 1 })
+	b := setup(t, "sqlite", func(c *engine.Config) {
+		c.SendRoundsInFlight, c.SendBatchSize, c.SendChunkSize = 1, 1, 1
+		c.SendWorkers = 8 // every batch runs, waiting for the one slot
+	})
 	a := automation("slow-provider")
 	a.Delivery.RatePerSecond = 3
 	a.Audience.Recipients = recipients("u", 8)
@@ -515,5 +518,142 @@ func TestRateHoldsAfterASlowProvider(t *testing.T) {
 	}
 	if ex = b.waitStatus(ex.ID, pb.StatusCompleted); ex.Metrics[pb.MetricSent] != 8 {
 		t.Fatalf("%s %v", describe(ex), ex.Metrics)
+	}
+}
+
+// TestProgressMidSend: a look at a running live send shows what its
+// batches did so far, by outcome (sent, failed, invalid token, held back
+// as invalid), without counting the ledger; at the end the metrics are
+// the ledger's, and the batches' counts agree with it exactly.
+func TestProgressMidSend(t *testing.T) {
+	t.Parallel()
+	forEachDialect(t, func(t *testing.T, dialect string) {
+		b := setup(t, dialect)
+		// Known invalid before the send: held back at the claim.
+		if err := b.store.AddInvalidTokens(t.Context(), []store.InvalidToken{
+			{Token: "u-token-3", Provider: "record", UserID: "u3", CreatedAt: t0},
+			{Token: "u-token-13", Provider: "record", UserID: "u13", CreatedAt: t0},
+		}); err != nil {
+			t.Fatal(err)
+		}
+		b.sender.setScript(func(p pb.Push) (pb.SendResult, bool) {
+			var n int
+			fmt.Sscanf(p.Recipient.UserID, "u%d", &n)
+			switch n % 10 {
+			case 1:
+				return pb.SendResult{State: pb.DeliveryFailed, Attempts: 1, Err: pb.ProviderError(pb.CodeInvalidArgument, "INVALID_ARGUMENT")}, true
+			case 2:
+				return pb.SendResult{State: pb.DeliveryInvalidToken, Attempts: 1, Err: pb.ProviderError(pb.CodeUnregistered, "UNREGISTERED")}, true
+			}
+			return pb.SendResult{}, false
+		})
+		a := automation("progress")
+		a.Audience.Recipients = recipients("u", 1200) // three batches of 500, 500, 200
+		ex, release := b.heldAtSend(a)
+		release()
+		entered, release2 := b.sender.hold()
+		defer release2()
+		<-entered // batch 1 is done, batch 2's first round is at the provider
+
+		// Batch 1, users 1-500: 50 failed (n%10 == 1), 50 invalid at the
+		// provider (n%10 == 2) and 2 held back, 398 sent.
+		got, err := b.eng.GetExecution(t.Context(), ex.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]int64{pb.MetricSent: 398, pb.MetricFailed: 50, pb.MetricInvalidToken: 52, pb.MetricCapped: 0, pb.MetricUnknown: 0}
+		for k, v := range want {
+			if got.Metrics[k] != v {
+				t.Errorf("mid-send %s = %d, want %d (metrics %v)", k, got.Metrics[k], v, got.Metrics)
+			}
+		}
+		release2()
+		ex = b.waitStatus(ex.ID, pb.StatusCompleted)
+		want = map[string]int64{pb.MetricSent: 958, pb.MetricFailed: 120, pb.MetricInvalidToken: 122, pb.MetricCapped: 0, pb.MetricUnknown: 0}
+		for k, v := range want {
+			if ex.Metrics[k] != v {
+				t.Errorf("final %s = %d, want %d (metrics %v)", k, ex.Metrics[k], v, ex.Metrics)
+			}
+		}
+		batches, _, err := b.store.LiveCounts(t.Context(), ex.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ledger, err := b.store.DeliveryCounts(t.Context(), ex.ID, store.AudienceLive)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, st := range []pb.DeliveryState{pb.DeliverySent, pb.DeliveryFailed, pb.DeliveryInvalidToken, pb.DeliveryCapped, pb.DeliveryUnknown} {
+			if batches[st] != ledger[st] {
+				t.Errorf("%s: batches count %d, the ledger %d", st, batches[st], ledger[st])
+			}
+		}
+	})
+}
+
+// limitedSender is a sender that says how many pushes it sends at once.
+type limitedSender struct {
+	*recordingSender
+	max int
+}
+
+func (s limitedSender) MaxInFlight() int { return s.max }
+
+// TestRoundsInFlightFollowTheProvider: by default each provider gets the
+// rounds that keep its own in-flight limit busy, plus one, so that no
+// claimed push waits in a queue (where a crash would make it unknown).
+func TestRoundsInFlightFollowTheProvider(t *testing.T) {
+	t.Parallel()
+	b := setup(t, "sqlite", func(c *engine.Config) {
+		c.SendChunkSize = 250
+		c.Senders["fcm-like"] = limitedSender{newRecordingSender(), 1000}
+		c.Senders["apns-like"] = limitedSender{newRecordingSender(), 500}
+		c.Senders["one"] = limitedSender{newRecordingSender(), 1}
+		c.Senders["silent"] = newRecordingSender()
+	})
+	for provider, want := range map[string]int{"fcm-like": 5, "apns-like": 3, "one": 2, "silent": 5, pb.ProviderLog: 5} {
+		if got := b.eng.RoundsInFlight(provider); got != want {
+			t.Errorf("%s: %d rounds in flight, want %d", provider, got, want)
+		}
+	}
+	set := setup(t, "sqlite", func(c *engine.Config) {
+		c.SendRoundsInFlight = 7
+		c.Senders["apns-like"] = limitedSender{newRecordingSender(), 500}
+	})
+	if got := set.eng.RoundsInFlight("apns-like"); got != 7 {
+		t.Errorf("with SendRoundsInFlight 7: %d", got)
+	}
+}
+
+// TestBigSendDoesNotHoldUpOtherPhases: a live send's batch jobs run in
+// their provider's own queue, so while a send fills every worker it has
+// (here its provider hangs), another automation's phases still run, and
+// so does its send through another provider.
+func TestBigSendDoesNotHoldUpOtherPhases(t *testing.T) {
+	t.Parallel()
+	other := newRecordingSender()
+	b := setup(t, "sqlite", func(c *engine.Config) {
+		c.MaxWorkers, c.SendWorkers = 2, 2
+		c.SendBatchSize, c.SendChunkSize = 1, 1
+		c.Senders["other"] = other
+	})
+	big := automation("big")
+	big.Audience.Recipients = recipients("u", 10) // ten batches
+	big.TestAudience = nil
+	exBig, release := b.heldAtSend(big) // 09:30: a batch is at the provider, which hangs
+	<-b.sender.entered                  // and a second: every send worker of its provider is busy
+	small := automation("small")
+	small.Schedule.Cron = "31 9 * * *"
+	small.LeadTime = pb.DurationOf(0) // its audience phase is due at 09:31, during the big send
+	small.Delivery.Provider = "other"
+	small = b.create(small)
+	b.clock.Set(berlin(2026, 6, 1, 9, 31))
+	exSmall := b.waitStatus(b.waitExecutions(small.ID, 1)[0].ID, pb.StatusCompleted)
+	if exSmall.Metrics[pb.MetricSent] != 3 || other.count("u1") != 1 {
+		t.Fatalf("the other automation: %s %v", describe(exSmall), exSmall.Metrics)
+	}
+	release()
+	if ex := b.waitStatus(exBig.ID, pb.StatusCompleted); ex.Metrics[pb.MetricSent] != 10 {
+		t.Fatalf("the big send after release: %s %v", describe(ex), ex.Metrics)
 	}
 }

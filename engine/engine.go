@@ -40,8 +40,13 @@ type Config struct {
 	// PollInterval is how often River looks for due jobs (default 100ms).
 	// It bounds how late a phase starts after its time.
 	PollInterval time.Duration
-	// MaxWorkers is the number of jobs run at once (default 50).
+	// MaxWorkers is the number of phase jobs run at once (default 50).
 	MaxWorkers int
+	// SendWorkers is the number of one provider's live-send batch jobs
+	// run at once, in the provider's own queue (default: twice its rounds
+	// in flight, see SendRoundsInFlight). More would only wait for a
+	// round's slot.
+	SendWorkers int
 	// RescueAfter is how long a job may run before River considers its
 	// instance dead and runs it again elsewhere (default 15m).
 	RescueAfter time.Duration
@@ -65,10 +70,12 @@ type Config struct {
 	// to the provider at once (default 250).
 	SendChunkSize int
 	// SendRoundsInFlight is how many rounds per provider may be between
-	// their claim and their record at once on this instance (default: enough to keep
-	// 1,000 requests in flight, plus one). Pushes are claimed only when
-	// there is room to send them, so a crash leaves at most this many
-	// rounds unknown and the ledger's set of rows in state sending small.
+	// their claim and their record at once on this instance (default, per
+	// provider: enough rounds to keep its sender's MaxInFlight pushes in
+	// flight, plus one; 1,000 pushes for a sender that does not say, see
+	// pb.InFlightSender). Pushes are claimed only when there is room to
+	// send them, so a crash leaves at most this many rounds unknown and
+	// the ledger's set of rows in state sending small.
 	SendRoundsInFlight int
 	// ProviderRates caps each provider's sends per second over every
 	// instance (e.g. "fcm": 10,000 for FCM's default 600,000/min quota).
@@ -167,10 +174,17 @@ func New[TDriver riverdriver.Driver[TTx], TTx any](st *store.Store, driver TDriv
 	if err := river.AddWorkerSafely(workers, &janitorWorker{e: e}); err != nil {
 		return nil, pb.Errorf(pb.KindInternal, "register janitor worker: %v", err)
 	}
+	queues := map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: cfg.MaxWorkers}}
+	for name := range e.senders {
+		if !queueName.MatchString(name) || len(name) > 59 {
+			return nil, pb.Errorf(pb.KindValidation, "provider name %q: it names the River queue of its sends, so it must be at most 59 lower-case letters and digits, separated by single '-' or '_'", name)
+		}
+		queues[sendQueue(name)] = river.QueueConfig{MaxWorkers: e.sendWorkers(name)}
+	}
 	rc := &river.Config{
 		ID:                   cfg.InstanceID,
 		Logger:               quietLogger(cfg.Logger.With("instance_id", cfg.InstanceID)),
-		Queues:               map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: cfg.MaxWorkers}},
+		Queues:               queues,
 		Workers:              workers,
 		FetchPollInterval:    cfg.PollInterval,
 		FetchCooldown:        min(cfg.PollInterval, 20*time.Millisecond),
@@ -246,9 +260,6 @@ func withDefaults(c Config) Config {
 	}
 	if c.HealthErrorThreshold <= 0 {
 		c.HealthErrorThreshold = 10
-	}
-	if c.SendRoundsInFlight <= 0 {
-		c.SendRoundsInFlight = (1000+c.SendChunkSize-1)/c.SendChunkSize + 1
 	}
 	if c.Audience.ArtifactRetention <= 0 {
 		c.Audience.ArtifactRetention = 7 * 24 * time.Hour

@@ -597,7 +597,7 @@ func (e *Engine) progress(ctx context.Context, r *sendRun) {
 		m.total = total
 		h.pmu.Unlock()
 	}
-	counts, err := e.store.DeliveryCounts(ctx, id, store.AudienceLive)
+	counts, err := e.liveCounts(ctx, id)
 	if err != nil {
 		e.log.Warn("cannot count deliveries for a progress event", "event", "event.error", "execution_id", id, "error", err)
 		return
@@ -605,7 +605,7 @@ func (e *Engine) progress(ctx context.Context, r *sendRun) {
 	sent, failed := counts[store.DeliverySent], counts[store.DeliveryFailed]
 	invalid, capped, unknown := counts[store.DeliveryInvalidToken], counts[store.DeliveryCapped], counts[store.DeliveryUnknown]
 	done := sent + failed + invalid + capped + unknown
-	total = max(total, done+counts[store.DeliveryPending]+counts[store.DeliverySending])
+	total = max(total, done)
 	msg := fmt.Sprintf("live send: %d of %d done (sent %d, failed %d", done, total, sent, failed)
 	if invalid > 0 {
 		msg += fmt.Sprintf(", invalid token %d", invalid)

@@ -21,3 +21,7 @@ var HasCode = hasCode
 
 // RecordEvent stores an event as the engine does (recordEvent).
 func (e *Engine) RecordEvent(ctx context.Context, ev *pb.Event) { e.recordEvent(ctx, ev) }
+
+// RoundsInFlight is how many rounds of provider may be between claim and
+// record at once (roundsInFlight).
+func (e *Engine) RoundsInFlight(provider string) int { return e.roundsInFlight(provider) }

@@ -420,7 +420,7 @@ func (e *Engine) healthFromStore(ctx context.Context, h *pb.Health, problem func
 		problem(pb.ProblemJobsStuck, pb.HealthDegraded, "%d jobs are stuck (first: job %d, %s); River rescues them after rescue_after, or restart the instance that holds them",
 			n, h.StuckJobs[0].ID, h.StuckJobs[0].Why)
 	}
-	if n, err := e.store.CountLateJobs(ctx, now.Add(-lateJobAfter)); read("late jobs", err) {
+	if n, err := e.store.CountLateJobs(ctx, now.Add(-lateJobAfter), batchArgs{}.Kind()); read("late jobs", err) {
 		h.Jobs["late"] = n
 		if n > 0 {
 			problem(pb.ProblemJobsLate, pb.HealthDegraded, "%d jobs have been due for over %s and no worker took them: every worker is busy (raise --max-workers or add instances) or no instance runs",

@@ -61,8 +61,9 @@ type outcome struct {
 	err     error
 	empty   bool // the audience is empty and on_empty is complete
 	// batches is a live send's plan: the phase stays running until the
-	// last batch job ends it.
-	batches []store.SendBatch
+	// last batch job ends it. Its jobs go to provider's queue.
+	batches  []store.SendBatch
+	provider string
 }
 
 // runPhase runs one phase: record its start (or do not run), run it,
@@ -322,7 +323,7 @@ func (e *Engine) endPhase(ctx context.Context, tx *store.Tx, job *rivertype.JobR
 	}
 
 	if out.batches != nil {
-		if err := e.fanOut(ctx, tx, ex, out.batches, log); err != nil {
+		if err := e.fanOut(ctx, tx, ex, out.provider, out.batches, log); err != nil {
 			return err
 		}
 		return e.jobs.complete(ctx, tx, job)

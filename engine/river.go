@@ -62,6 +62,7 @@ func (r *riverJobs[TDriver, TTx]) insert(ctx context.Context, tx *store.Tx, args
 		opts.Priority = phasePriority(a.Phase)
 	case batchArgs:
 		opts.Priority = phasePriority(pb.PhaseLiveSend)
+		opts.Queue = sendQueue(a.Provider)
 	}
 	if !at.IsZero() && at.After(r.clock.Now()) {
 		opts.ScheduledAt = at

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -249,12 +250,12 @@ func (r *sendRun) round(ctx context.Context, rs []pb.Recipient) error {
 		rs, held = keep, append(held, hold...)
 	}
 
-	claimed, err := r.claim(ctx, rs, held, now) // holding its provider's slot (chunk)
+	claimed, final, err := r.claim(ctx, rs, held, now) // holding its provider's slot (chunk)
 	if err != nil {
 		return err
 	}
 	if len(claimed) == 0 {
-		return nil
+		return r.breaker(context.WithoutCancel(ctx), 0, 0, nil, final)
 	}
 
 	pushes := make([]pb.Push, 0, len(claimed))
@@ -304,22 +305,28 @@ func (r *sendRun) round(ctx context.Context, rs []pb.Recipient) error {
 			continue
 		case store.DeliverySent:
 			okCount++
+			final[store.DeliverySent]++
 		case store.DeliveryFailed:
+			final[store.DeliveryFailed]++
 			failed++
 			byCode[dr.Code]++
 		case store.DeliveryInvalidToken:
 			invalid = append(invalid, store.InvalidToken{Token: dr.Token, Provider: r.a.Delivery.Provider, UserID: dr.UserID,
 				Code: dr.Code, Reason: dr.Reason, ExecutionID: id, CreatedAt: now})
+			final[store.DeliveryInvalidToken]++
 		case store.DeliveryUnknown:
 			unknown++
+			final[store.DeliveryUnknown]++
 		default:
 			dr.State, dr.Reason = store.DeliveryUnknown, fmt.Sprintf("provider returned state %q", res.State)
 			unknown++
+			final[store.DeliveryUnknown]++
 		}
 		attempted++
 	}
 	for i := range results {
 		if results[i].Code == pb.CodeTemplate {
+			final[store.DeliveryFailed]++
 			failed++
 			attempted++
 			byCode[pb.CodeTemplate]++
@@ -340,12 +347,40 @@ func (r *sendRun) round(ctx context.Context, rs []pb.Recipient) error {
 	r.log.Info("batch sent", "event", "send.batch", "audience", r.aud, "claimed", len(claimed), "sent", okCount,
 		"failed", failed, "invalid_token", len(invalid), "not_requested", notTried, "failed_by_code", byCode)
 
+	// The batch's counts first: the progress event reads them.
+	berr := r.breaker(wctx, attempted, failed, byCode, final)
 	if err := context.Cause(ctx); err != nil {
 		return pb.AsError(err)
 	}
 	e.progress(ctx, r) // a progress event, at most one a second (events.go)
-	return r.breaker(wctx, attempted, failed, byCode)
+	return berr
 }
+
+// roundsInFlight is how many rounds of provider may be between claim and
+// record at once (Config.SendRoundsInFlight).
+func (e *Engine) roundsInFlight(provider string) int {
+	if n := e.cfg.SendRoundsInFlight; n > 0 {
+		return n
+	}
+	pushes := 1000
+	if s, ok := e.senders[provider].(pb.InFlightSender); ok && s.MaxInFlight() > 0 {
+		pushes = s.MaxInFlight()
+	}
+	chunk := e.cfg.SendChunkSize
+	return (pushes+chunk-1)/chunk + 1
+}
+
+// sendWorkers is how many batch jobs of provider run at once on this
+// instance (Config.SendWorkers).
+func (e *Engine) sendWorkers(provider string) int {
+	if n := e.cfg.SendWorkers; n > 0 {
+		return n
+	}
+	return 2 * e.roundsInFlight(provider)
+}
+
+// queueName is what River accepts as a queue name, less "send_".
+var queueName = regexp.MustCompile(`^[a-z0-9]+(?:[_-]?[a-z0-9]+)*$`)
 
 // roundSlots is the provider's gate of rounds in flight.
 func (e *Engine) roundSlots(provider string) chan struct{} {
@@ -353,7 +388,7 @@ func (e *Engine) roundSlots(provider string) chan struct{} {
 	defer e.mu.Unlock()
 	c, ok := e.rounds[provider]
 	if !ok {
-		c = make(chan struct{}, e.cfg.SendRoundsInFlight)
+		c = make(chan struct{}, e.roundsInFlight(provider))
 		e.rounds[provider] = c
 	}
 	return c
@@ -362,7 +397,10 @@ func (e *Engine) roundSlots(provider string) chan struct{} {
 // claim holds back capped recipients and claims the rest, in one
 // transaction when frequency caps apply (so two sends to the same user
 // never both pass a cap).
-func (r *sendRun) claim(ctx context.Context, rs []pb.Recipient, held []store.DeliveryResult, now time.Time) ([]pb.Recipient, error) {
+//
+// It also returns the ledger rows it made final, by state (for the batch's
+// progress): the holds and the rows of dead attempts it marked unknown.
+func (r *sendRun) claim(ctx context.Context, rs []pb.Recipient, held []store.DeliveryResult, now time.Time) ([]pb.Recipient, map[pb.DeliveryState]int64, error) {
 	e, id := r.e, r.ex.ID
 	params := store.ClaimParams{Instance: e.cfg.InstanceID, Now: now, ResendUnknown: r.a.Delivery.OnUnknown == pb.OnUnknownResend}
 	capped := r.aud == store.AudienceLive && len(r.a.FrequencyCaps) > 0 && r.a.Mode != pb.ModeTest
@@ -433,9 +471,16 @@ func (r *sendRun) claim(ctx context.Context, rs []pb.Recipient, held []store.Del
 		err = work(e.store)
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	r.observeHeld(wroteHold, written)
+	final := map[pb.DeliveryState]int64{}
+	if written > 0 && written == int64(len(wroteHold)) { // else the batch's end counts them
+		for i := range wroteHold {
+			final[wroteHold[i].State]++
+		}
+	}
+	final[store.DeliveryUnknown] += unknown
 	if unknown > 0 {
 		r.e.obs.Sent(r.a.Delivery.Provider, string(r.aud), pb.DeliveryUnknown, int(unknown))
 		r.log.Warn("deliveries in flight at a crash are unknown; not re-sent (on_unknown report)", "event", "send.unknown", "count", unknown)
@@ -443,7 +488,7 @@ func (r *sendRun) claim(ctx context.Context, rs []pb.Recipient, held []store.Del
 	if resent > 0 {
 		r.log.Warn("deliveries in flight at a crash are sent again (on_unknown resend)", "event", "send.resend", "count", resent)
 	}
-	return claimed, nil
+	return claimed, final, nil
 }
 
 // askCadence splits rs into those the cadence service allows and the rest
@@ -489,20 +534,24 @@ func (r *sendRun) askCadence(ctx context.Context, rs []pb.Recipient) (keep []pb.
 }
 
 // breaker adds a round's outcomes to the send's totals (over every batch
-// of a live send) and trips when the failure ratio passes the automation's
-// max_error_ratio after BreakerMinAttempts.
-func (r *sendRun) breaker(ctx context.Context, attempted, failed int64, byCode map[string]int) error {
+// of a live send), with the ledger rows the round made final (final, by
+// state, for progress), and trips when the failure ratio passes the
+// automation's max_error_ratio after BreakerMinAttempts.
+func (r *sendRun) breaker(ctx context.Context, attempted, failed int64, byCode map[string]int, final map[pb.DeliveryState]int64) error {
 	r.attempted += attempted
 	r.failed += failed
 	total, bad := r.attempted, r.failed
 	if r.seq >= 0 {
 		var err error
-		total, bad, err = r.e.store.BatchProgress(ctx, r.ex.ID, r.seq, attempted, failed, r.e.cfg.InstanceID, r.e.now())
+		total, bad, err = r.e.store.BatchProgress(ctx, r.ex.ID, r.seq, attempted, failed, final, r.e.cfg.InstanceID, r.e.now())
 		if err != nil {
 			return err
 		}
 	}
 	ratio := r.a.Delivery.ErrorRatio()
+	if attempted == 0 {
+		return nil // a round with no request cannot move the ratio
+	}
 	if total < pb.BreakerMinAttempts || ratio >= 1 || float64(bad) <= ratio*float64(total) {
 		return nil
 	}

@@ -297,6 +297,11 @@ func (c *Client) acquire(ctx context.Context) bool {
 
 func (c *Client) release() { <-c.sem }
 
+// MaxInFlight implements pb.InFlightSender: Config.MaxInFlight.
+func (c *Client) MaxInFlight() int { return cap(c.sem) }
+
+var _ pb.InFlightSender = (*Client)(nil)
+
 // sendOne delivers one push, retrying as its errors allow. It is called
 // holding an in-flight slot and releases it.
 func (c *Client) sendOne(ctx context.Context, p *pb.Push) (res pb.SendResult) {

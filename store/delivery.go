@@ -278,11 +278,17 @@ func (o ops) HoldDeliveries(ctx context.Context, id int64, aud Audience, results
 
 // DeliveryCounts returns the number of ledger rows per state.
 func (o ops) DeliveryCounts(ctx context.Context, id int64, aud Audience) (map[pb.DeliveryState]int64, error) {
-	rows, err := o.q.Query(ctx, `
+	return o.stateCounts(ctx, fmt.Sprintf("count deliveries of execution %d", id), `
 		SELECT state, count(*) FROM deliveries WHERE execution_id = $1 AND audience = $2 GROUP BY state`,
 		id, string(aud))
+}
+
+// stateCounts runs a query of (state, count) rows; what names the read in
+// an error.
+func (o ops) stateCounts(ctx context.Context, what, query string, args ...any) (map[pb.DeliveryState]int64, error) {
+	rows, err := o.q.Query(ctx, query, args...)
 	if err != nil {
-		return nil, dbErr(err, "count deliveries of execution %d", id)
+		return nil, dbErr(err, "%s", what)
 	}
 	defer rows.Close()
 	out := map[pb.DeliveryState]int64{}
@@ -292,11 +298,11 @@ func (o ops) DeliveryCounts(ctx context.Context, id int64, aud Audience) (map[pb
 			n     int64
 		)
 		if err := rows.Scan(&state, &n); err != nil {
-			return nil, dbErr(err, "count deliveries of execution %d", id)
+			return nil, dbErr(err, "%s", what)
 		}
 		out[pb.DeliveryState(state)] = n
 	}
-	return out, dbErr(rows.Err(), "count deliveries of execution %d", id)
+	return out, dbErr(rows.Err(), "%s", what)
 }
 
 // DeliveryRow is one ledger row.

@@ -75,18 +75,19 @@ func (o ops) RunningJobs(ctx context.Context) ([]RunningJob, error) {
 }
 
 // CountLateJobs counts jobs due since before due that no worker of any
-// instance has taken.
-func (o ops) CountLateJobs(ctx context.Context, due time.Time) (int64, error) {
+// instance has taken, but for jobs of kind except (a big send's batches
+// wait their turn by design).
+func (o ops) CountLateJobs(ctx context.Context, due time.Time, except string) (int64, error) {
 	// Due jobs wait as available, or as scheduled or retryable until
 	// River's leader makes them available.
-	q := `SELECT count(*) FROM river_job WHERE state IN ('available', 'scheduled', 'retryable') AND scheduled_at < $1`
+	q := `SELECT count(*) FROM river_job WHERE state IN ('available', 'scheduled', 'retryable') AND scheduled_at < $1 AND kind <> $2`
 	if o.dialect != "postgres" {
 		// River's SQLite timestamps are text in a format of its own:
 		// compare instants, not text.
-		q = `SELECT count(*) FROM river_job WHERE state IN ('available', 'scheduled', 'retryable') AND julianday(scheduled_at) < julianday($1)`
+		q = `SELECT count(*) FROM river_job WHERE state IN ('available', 'scheduled', 'retryable') AND julianday(scheduled_at) < julianday($1) AND kind <> $2`
 	}
 	var n int64
-	err := o.q.QueryRow(ctx, q, Canon(due)).Scan(&n)
+	err := o.q.QueryRow(ctx, q, Canon(due), except).Scan(&n)
 	return n, dbErr(err, "count late jobs")
 }
 

@@ -110,17 +110,43 @@ func (o ops) Batch(ctx context.Context, id int64, seq int) (SendBatch, error) {
 	return b, dbErr(err, "read send batch %d of execution %d", seq, id)
 }
 
-// BatchProgress adds a chunk's outcomes to its batch and returns the
-// totals over every batch of the execution (for the circuit breaker).
-func (o ops) BatchProgress(ctx context.Context, id int64, seq int, attempted, failed int64, instance string, now time.Time) (totalAttempted, totalFailed int64, err error) {
+// BatchProgress adds a round's outcomes to its batch: attempted and
+// failed requests (for the circuit breaker) and its ledger rows by final
+// state (for progress, see LiveCounts). It returns the attempted and
+// failed totals over every batch of the execution.
+func (o ops) BatchProgress(ctx context.Context, id int64, seq int, attempted, failed int64, ledger map[pb.DeliveryState]int64, instance string, now time.Time) (totalAttempted, totalFailed int64, err error) {
 	if _, err := o.q.Exec(ctx, `
-		UPDATE send_batches SET attempted = attempted + $3, failed = failed + $4, instance = $5, updated_at = $6
-		WHERE execution_id = $1 AND seq = $2`, id, seq, attempted, failed, instance, Canon(now)); err != nil {
+		UPDATE send_batches SET attempted = attempted + $3, failed = failed + $4, instance = $5, updated_at = $6,
+		       ledger_sent = ledger_sent + $7, ledger_failed = ledger_failed + $8, ledger_invalid = ledger_invalid + $9,
+		       ledger_capped = ledger_capped + $10, ledger_unknown = ledger_unknown + $11
+		WHERE execution_id = $1 AND seq = $2`, id, seq, attempted, failed, instance, Canon(now),
+		ledger[DeliverySent], ledger[DeliveryFailed], ledger[DeliveryInvalidToken], ledger[DeliveryCapped], ledger[DeliveryUnknown]); err != nil {
 		return 0, 0, dbErr(err, "record progress of send batch %d of execution %d", seq, id)
 	}
 	err = o.q.QueryRow(ctx, `SELECT COALESCE(sum(attempted), 0), COALESCE(sum(failed), 0) FROM send_batches WHERE execution_id = $1`, id).
 		Scan(&totalAttempted, &totalFailed)
 	return totalAttempted, totalFailed, dbErr(err, "sum the send batches of execution %d", id)
+}
+
+// LiveCounts is the live send's ledger rows by final state, summed over
+// its batches: exact for the batches that finished (FinishBatch counts
+// their rows), as the rounds reported for the others. It reads one row
+// per batch, not the ledger, so it is cheap enough to ask every second
+// of a send to millions. Only a look at the ledger (DeliveryCounts) is
+// exact while batches run; the phase's end uses that.
+// batches is how many batches the send has; a live send without any (test
+// mode sends to its test audience in one go) has no counts here.
+func (o ops) LiveCounts(ctx context.Context, id int64) (counts map[pb.DeliveryState]int64, batches int64, err error) {
+	var sent, failed, invalid, capped, unknown int64
+	err = o.q.QueryRow(ctx, `
+		SELECT count(*), COALESCE(sum(ledger_sent), 0), COALESCE(sum(ledger_failed), 0), COALESCE(sum(ledger_invalid), 0),
+		       COALESCE(sum(ledger_capped), 0), COALESCE(sum(ledger_unknown), 0)
+		FROM send_batches WHERE execution_id = $1`, id).Scan(&batches, &sent, &failed, &invalid, &capped, &unknown)
+	if err != nil {
+		return nil, 0, dbErr(err, "sum the send batches of execution %d", id)
+	}
+	return map[pb.DeliveryState]int64{DeliverySent: sent, DeliveryFailed: failed, DeliveryInvalidToken: invalid,
+		DeliveryCapped: capped, DeliveryUnknown: unknown}, batches, nil
 }
 
 // BatchFailed counts a recoverable failure of a batch and returns how many
@@ -135,9 +161,22 @@ func (o ops) BatchFailed(ctx context.Context, id int64, seq int) (int, error) {
 // of the execution are not done yet. Call it with the execution row locked
 // so that exactly one batch sees zero.
 func (o ops) FinishBatch(ctx context.Context, id int64, seq int, note, instance string, now time.Time) (remaining int, err error) {
+	// The batch's own ledger rows, counted exactly once: what rounds
+	// reported can be short after a crash or a retried round.
+	counts, err := o.stateCounts(ctx, fmt.Sprintf("count the deliveries of send batch %d of execution %d", seq, id), `
+		SELECT d.state, count(*) FROM send_batches b
+		JOIN recipients r ON r.execution_id = b.execution_id AND r.id BETWEEN b.first_id AND b.last_id
+		JOIN deliveries d ON d.execution_id = r.execution_id AND d.audience = $3 AND d.user_id = r.user_id AND d.token = r.token
+		WHERE b.execution_id = $1 AND b.seq = $2
+		GROUP BY d.state`, id, seq, string(AudienceLive))
+	if err != nil {
+		return 0, err
+	}
 	if _, err := o.q.Exec(ctx, `
-		UPDATE send_batches SET state = 'done', note = $3, instance = $4, updated_at = $5
-		WHERE execution_id = $1 AND seq = $2`, id, seq, note, instance, Canon(now)); err != nil {
+		UPDATE send_batches SET state = 'done', note = $3, instance = $4, updated_at = $5,
+		       ledger_sent = $6, ledger_failed = $7, ledger_invalid = $8, ledger_capped = $9, ledger_unknown = $10
+		WHERE execution_id = $1 AND seq = $2`, id, seq, note, instance, Canon(now),
+		counts[DeliverySent], counts[DeliveryFailed], counts[DeliveryInvalidToken], counts[DeliveryCapped], counts[DeliveryUnknown]); err != nil {
 		return 0, dbErr(err, "finish send batch %d of execution %d", seq, id)
 	}
 	err = o.q.QueryRow(ctx, `SELECT count(*) FROM send_batches WHERE execution_id = $1 AND state <> 'done'`, id).Scan(&remaining)

@@ -254,6 +254,12 @@ func New(cfg Config) (*Sender, error) {
 	}, nil
 }
 
+// MaxInFlight implements pb.InFlightSender: Config.MaxInFlight requests
+// of Config.BatchSize pushes each.
+func (s *Sender) MaxInFlight() int { return s.cfg.MaxInFlight * s.cfg.BatchSize }
+
+var _ pb.InFlightSender = (*Sender)(nil)
+
 // Send implements pb.Sender: it POSTs ps in batches of Config.BatchSize,
 // up to Config.MaxInFlight at once, and returns one result per push in the
 // order of ps. Attempts is the number of requests made for the push's batch.

@@ -43,6 +43,7 @@ type deliveryConfig struct {
 	sendBatchSize int
 	sendChunkSize int
 	sendRounds    int
+	sendWorkers   int
 }
 
 func (c *deliveryConfig) register(fs *flag.FlagSet, env envFunc) {
@@ -67,7 +68,8 @@ func (c *deliveryConfig) register(fs *flag.FlagSet, env envFunc) {
 	fs.BoolVar(&c.webhookRetry, "webhook-retry-unknown", false, "webhook: retry a batch whose request may have reached the receiver (only if it drops repeated Idempotency-Keys)")
 	fs.IntVar(&c.sendBatchSize, "send-batch-size", 5000, "recipients per live-send batch job (the unit of work shared by instances)")
 	fs.IntVar(&c.sendChunkSize, "send-chunk-size", 250, "pushes claimed in the ledger and handed to the provider at once")
-	fs.IntVar(&c.sendRounds, "send-rounds-in-flight", 0, "send rounds between claim and record at once on this instance, per provider (0: enough for --fcm-max-in-flight, plus one)")
+	fs.IntVar(&c.sendWorkers, "send-workers", 0, "live-send batch jobs run at once on this instance, per provider, in the provider's own queue apart from the phases (0: twice its rounds in flight)")
+	fs.IntVar(&c.sendRounds, "send-rounds-in-flight", 0, "send rounds between claim and record at once on this instance, per provider (0: per provider, enough rounds for the pushes it has in flight, plus one: FCM --fcm-max-in-flight, APNs 500, webhook 8 requests x --webhook-batch-size)")
 }
 
 // build opens the configured providers. Each error names the flag to fix.
@@ -87,8 +89,8 @@ func (c *deliveryConfig) build(log *slog.Logger) (senders map[string]pb.Sender, 
 	if c.sendRounds < 0 {
 		return nil, nil, pb.Errorf(pb.KindValidation, "--send-rounds-in-flight=%d must be 0 (the default) or more", c.sendRounds)
 	}
-	if c.sendRounds == 0 {
-		c.sendRounds = (c.fcmMaxInFlight+c.sendChunkSize-1)/c.sendChunkSize + 1
+	if c.sendWorkers < 0 {
+		return nil, nil, pb.Errorf(pb.KindValidation, "--send-workers=%d must be 0 (the default) or more", c.sendWorkers)
 	}
 	if c.fcmCredentials != "" {
 		key, err := os.ReadFile(c.fcmCredentials)
