@@ -154,6 +154,9 @@ func (a *Automation) normalizeCaps(v *Validation) {
 		if u, err := url.Parse(c.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			// Not quoted: a URL may carry a password.
 			v.Add("cadence.url", "is not an absolute http or https URL (such as https://cadence.internal/allowed)")
+		} else if _, ok := u.User.Password(); ok {
+			// A definition is returned as saved by GET: no secret in it.
+			v.Add("cadence.url", "carries a password, and a definition is returned as saved by GET; remove it from the URL and give the server the credentials: PUSHBLASTER_CADENCE_AUTHORIZATION=\"Basic <base64 of user:password>\" (or \"Bearer <token>\")")
 		}
 		if c.Timeout != "" {
 			if d, err := time.ParseDuration(c.Timeout); err != nil || d <= 0 || d > time.Minute {

@@ -117,6 +117,14 @@ func TestDeliveryCapsAndCadenceValidation(t *testing.T) {
 			t.Errorf("%s = %q; want it to say %q", f, got[f], w)
 		}
 	}
+	// A password in the URL would come back on GET: refused, and not quoted.
+	got = normalizeErr(t, withFields("", "", `"cadence": {"url": "https://push:hunter2@cadence.internal/allowed"}`))
+	if msg := got["cadence.url"]; !strings.Contains(msg, "PUSHBLASTER_CADENCE_AUTHORIZATION") || strings.Contains(msg, "hunter2") || len(got) != 1 {
+		t.Errorf("a cadence.url with a password: errors %v", got)
+	}
+	if got := normalizeErr(t, withFields("", "", `"cadence": {"url": "https://push@cadence.internal/allowed"}`)); len(got) != 0 {
+		t.Errorf("a cadence.url with a user name only: errors %v", got)
+	}
 	a, err := pb.DecodeAutomation(strings.NewReader(withFields("", "", `"tags": ["promo"], "frequency_caps": [{"max": 2, "per": "7d", "scope": "tag:promo"}, {"max": 1, "per": "24h"}], "cadence": {"url": "http://127.0.0.1:1/allowed"}`)))
 	if err != nil {
 		t.Fatal(err)

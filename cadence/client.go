@@ -217,6 +217,9 @@ func (c *Client) ask(ctx context.Context, req Request, ids []string) (batchAnswe
 	hreq.Header.Set("Content-Type", "application/json")
 	hreq.Header.Set("Accept", "application/json")
 	hreq.Header.Set("User-Agent", "pushblaster-cadence")
+	if c.cfg.Authorization != "" {
+		hreq.Header.Set("Authorization", c.cfg.Authorization)
+	}
 	resp, err := c.cfg.HTTPClient.Do(hreq)
 	if err != nil {
 		return batchAnswer{}, c.transportError(ctx, rctx, err)

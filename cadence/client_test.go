@@ -515,3 +515,38 @@ func TestCallerStopsTheCheck(t *testing.T) {
 		}
 	})
 }
+
+// TestAuthorizationHeader: the server's credentials for the service go in
+// the Authorization header of every request, and appear in no error.
+func TestAuthorizationHeader(t *testing.T) {
+	t.Parallel()
+	var (
+		mu   sync.Mutex
+		seen []string
+	)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen = append(seen, r.Header.Get("Authorization"))
+		mu.Unlock()
+		if r.Header.Get("Authorization") != "Bearer s3cret-token" {
+			http.Error(w, "who are you", http.StatusUnauthorized)
+			return
+		}
+		io.WriteString(w, `{"allowed": []}`)
+	}))
+	t.Cleanup(srv.Close)
+	c, _ := newClient(t, srv.URL, func(c *cadence.Config) { c.Authorization, c.BatchSize = "Bearer s3cret-token", 2 })
+	if _, err := c.Allowed(t.Context(), request("u1", "u2", "u3")); err != nil {
+		t.Fatalf("Allowed: %v", err)
+	}
+	// Without them the service refuses, and the error does not quote them.
+	c, _ = newClient(t, srv.URL, func(c *cadence.Config) { c.Authorization = "Bearer wrong-s3cret" })
+	if _, err := c.Allowed(t.Context(), request("u1")); err == nil || strings.Contains(err.Error(), "s3cret") {
+		t.Fatalf("Allowed with wrong credentials: %v; want a 401 error without them", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != 3 || seen[0] != "Bearer s3cret-token" || seen[1] != "Bearer s3cret-token" {
+		t.Errorf("Authorization headers %q, want the configured one on both batches, then the wrong one", seen)
+	}
+}

@@ -45,6 +45,11 @@ type Config struct {
 	OnError string
 	// BatchSize is the number of user ids per request (default 1000).
 	BatchSize int
+	// Authorization, if set, is the Authorization header of every request
+	// (e.g. "Bearer …" or "Basic …"). It comes from the server's
+	// environment, never from an automation's definition, and is never
+	// logged.
+	Authorization string
 	// HTTPClient sends the requests (default: a client on
 	// http.DefaultTransport). Its own Timeout, if any, applies too.
 	HTTPClient *http.Client

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -27,6 +28,10 @@ type AudienceConfig struct {
 	Supervisor []string
 	// ScriptEnvAllow lists the environment names automations may set.
 	ScriptEnvAllow []string
+	// ScriptEnvPass is environment given to every script from the
+	// server's own (--script-env-pass): secrets such as a database
+	// password, which never enter a definition, an API answer or a log.
+	ScriptEnvPass map[string]string
 	// DataDir holds CSV audiences ("" disables them).
 	DataDir string
 	// SQL runs sql audiences (nil disables them).
@@ -389,6 +394,10 @@ func (e *Engine) scriptEnv(run *audienceRun) ([]string, error) {
 			return nil, pb.Errorf(pb.KindValidation, "audience.env: %s is no longer allowed on this server (--script-env-allow)", k).WithRecoverable(false)
 		}
 		env = append(env, k+"="+run.a.Audience.Env[k])
+	}
+	pass := slices.Sorted(maps.Keys(e.cfg.Audience.ScriptEnvPass))
+	for _, k := range pass {
+		env = append(env, k+"="+e.cfg.Audience.ScriptEnvPass[k])
 	}
 	return env, nil
 }

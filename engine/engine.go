@@ -92,6 +92,10 @@ type Config struct {
 	// CadenceHTTPClient is the client for cadence services (default: one
 	// with the automation's timeout per request).
 	CadenceHTTPClient *http.Client
+	// CadenceAuthorization is the Authorization header sent to cadence
+	// services (PUSHBLASTER_CADENCE_AUTHORIZATION): credentials belong to
+	// the server, not to a definition that GET returns.
+	CadenceAuthorization string
 	// Observer hears what the engine did, for metrics (default: nobody).
 	Observer pb.Observer
 	// PoolStats reports the database connection pool, for health (default:

@@ -59,7 +59,8 @@ func (e *Engine) newSendRun(ex *pb.Execution, a *pb.Automation, aud store.Audien
 	if aud == store.AudienceLive && a.Cadence != nil && a.Mode != pb.ModeTest {
 		c, err := cadence.New(cadence.Config{URL: a.Cadence.URL, Timeout: a.Cadence.TimeoutD(), OnError: a.Cadence.OnError,
 			// The client adds automation_id and execution_id itself.
-			HTTPClient: e.cfg.CadenceHTTPClient, Logger: e.log.With("phase", pb.PhaseLiveSend)})
+			Authorization: e.cfg.CadenceAuthorization,
+			HTTPClient:    e.cfg.CadenceHTTPClient, Logger: e.log.With("phase", pb.PhaseLiveSend)})
 		if err != nil {
 			return nil, err
 		}

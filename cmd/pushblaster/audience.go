@@ -5,6 +5,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -21,6 +22,8 @@ type audienceConfig struct {
 	scriptsDir        string
 	dataDir           string
 	scriptEnvAllow    string
+	scriptEnvPass     string
+	env               envFunc // the server's environment, for --script-env-pass
 	databaseURL       string
 	tokenSource       string
 	tokenQuery        string
@@ -38,6 +41,8 @@ func (c *audienceConfig) register(fs *flag.FlagSet, env envFunc) {
 	fs.StringVar(&c.scriptsDir, "scripts-dir", env("PUSHBLASTER_SCRIPTS_DIR"), "directory of audience scripts; script audiences are disabled without it (env PUSHBLASTER_SCRIPTS_DIR)")
 	fs.StringVar(&c.dataDir, "data-dir", env("PUSHBLASTER_DATA_DIR"), "directory of CSV audience files; csv audiences are disabled without it (env PUSHBLASTER_DATA_DIR)")
 	fs.StringVar(&c.scriptEnvAllow, "script-env-allow", env("PUSHBLASTER_SCRIPT_ENV_ALLOW"), "comma-separated environment names an automation may set for its script (env PUSHBLASTER_SCRIPT_ENV_ALLOW)")
+	fs.StringVar(&c.scriptEnvPass, "script-env-pass", env("PUSHBLASTER_SCRIPT_ENV_PASS"), "comma-separated names of this server's environment given to every audience script as they are, for secrets kept out of definitions (env PUSHBLASTER_SCRIPT_ENV_PASS)")
+	c.env = env
 	fs.StringVar(&c.databaseURL, "audience-database-url", env("PUSHBLASTER_AUDIENCE_DATABASE_URL"), "PostgreSQL database that sql audiences and the sql token source read, read-only (env PUSHBLASTER_AUDIENCE_DATABASE_URL)")
 	fs.StringVar(&c.tokenSource, "token-source", envOr(env, "PUSHBLASTER_TOKEN_SOURCE", "none"), "how recipients without a token get theirs: none, sql or http (env PUSHBLASTER_TOKEN_SOURCE)")
 	fs.StringVar(&c.tokenQuery, "token-query", env("PUSHBLASTER_TOKEN_QUERY"), "sql token source: a query taking user ids as $1 (text[]) and returning user_id, token[, platform] (env PUSHBLASTER_TOKEN_QUERY)")
@@ -69,6 +74,22 @@ func (c *audienceConfig) build(ctx context.Context) (cfg engine.AudienceConfig, 
 		if n = strings.TrimSpace(n); n != "" {
 			cfg.ScriptEnvAllow = append(cfg.ScriptEnvAllow, n)
 		}
+	}
+	for _, n := range strings.Split(c.scriptEnvPass, ",") {
+		if n = strings.TrimSpace(n); n == "" {
+			continue
+		}
+		if slices.Contains(cfg.ScriptEnvAllow, n) {
+			return cfg, close, pb.Errorf(pb.KindValidation, "--script-env-pass: %s is in --script-env-allow too; a name comes either from the server's environment or from the automation, not both", n)
+		}
+		v := c.env(n)
+		if v == "" {
+			return cfg, close, pb.Errorf(pb.KindValidation, "--script-env-pass: %s is not set in the server's environment; set it, or drop it from the list", n)
+		}
+		if cfg.ScriptEnvPass == nil {
+			cfg.ScriptEnvPass = map[string]string{}
+		}
+		cfg.ScriptEnvPass[n] = v
 	}
 	if c.maxOutputBytes <= 0 || c.maxLineBytes <= 0 {
 		return cfg, close, pb.Errorf(pb.KindValidation, "--max-output-bytes and --max-line-bytes must be positive")

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	pb "github.com/pushblaster/pushblaster"
+	"github.com/pushblaster/pushblaster/engine"
 	"github.com/pushblaster/pushblaster/httpapi"
 )
 
@@ -593,5 +594,41 @@ func TestDeliveryFlags(t *testing.T) {
 	senders, _, err := d.build(slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil || len(senders) != 0 {
 		t.Errorf("defaults: %v %v", senders, err)
+	}
+}
+
+// TestScriptEnvPass: --script-env-pass takes the values from the server's
+// environment; a name that is not set, or that automations may also set,
+// is refused at start.
+func TestScriptEnvPass(t *testing.T) {
+	t.Parallel()
+	build := func(env map[string]string, args ...string) (engine.AudienceConfig, error) {
+		var c audienceConfig
+		fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+		lookup := func(k string) string { return env[k] }
+		c.register(fs, lookup)
+		if err := fs.Parse(args); err != nil {
+			return engine.AudienceConfig{}, err
+		}
+		cfg, closeFn, err := c.build(t.Context())
+		closeFn()
+		return cfg, err
+	}
+	cfg, err := build(map[string]string{"PUSHBLASTER_SCRIPT_ENV_PASS": "DB_PASSWORD, API_KEY", "DB_PASSWORD": "pw", "API_KEY": "k"})
+	if err != nil || len(cfg.ScriptEnvPass) != 2 || cfg.ScriptEnvPass["DB_PASSWORD"] != "pw" || cfg.ScriptEnvPass["API_KEY"] != "k" {
+		t.Fatalf("from the environment: %v %v", cfg.ScriptEnvPass, err)
+	}
+	for _, c := range []struct {
+		env  map[string]string
+		args []string
+		says string
+	}{
+		{map[string]string{}, []string{"--script-env-pass", "DB_PASSWORD"}, "DB_PASSWORD is not set in the server's environment"},
+		{map[string]string{"DB_PASSWORD": "pw"}, []string{"--script-env-pass", "DB_PASSWORD", "--script-env-allow", "DB_PASSWORD,REGION"}, "DB_PASSWORD is in --script-env-allow too"},
+	} {
+		_, err := build(c.env, c.args...)
+		if pb.ErrorKind(err) != pb.KindValidation || !strings.Contains(err.Error(), c.says) || strings.Contains(err.Error(), "pw") {
+			t.Errorf("%q: %v; want a validation error saying %q", c.args, err, c.says)
+		}
 	}
 }

@@ -44,6 +44,8 @@ type deliveryConfig struct {
 	sendChunkSize int
 	sendRounds    int
 	sendWorkers   int
+
+	cadenceAuth string // environment only: a secret
 }
 
 func (c *deliveryConfig) register(fs *flag.FlagSet, env envFunc) {
@@ -68,6 +70,7 @@ func (c *deliveryConfig) register(fs *flag.FlagSet, env envFunc) {
 	fs.BoolVar(&c.webhookRetry, "webhook-retry-unknown", false, "webhook: retry a batch whose request may have reached the receiver (only if it drops repeated Idempotency-Keys)")
 	fs.IntVar(&c.sendBatchSize, "send-batch-size", 5000, "recipients per live-send batch job (the unit of work shared by instances)")
 	fs.IntVar(&c.sendChunkSize, "send-chunk-size", 250, "pushes claimed in the ledger and handed to the provider at once")
+	c.cadenceAuth = env("PUSHBLASTER_CADENCE_AUTHORIZATION")
 	fs.IntVar(&c.sendWorkers, "send-workers", 0, "live-send batch jobs run at once on this instance, per provider, in the provider's own queue apart from the phases (0: twice its rounds in flight)")
 	fs.IntVar(&c.sendRounds, "send-rounds-in-flight", 0, "send rounds between claim and record at once on this instance, per provider (0: per provider, enough rounds for the pushes it has in flight, plus one: FCM --fcm-max-in-flight, APNs 500, webhook 8 requests x --webhook-batch-size)")
 }

@@ -170,7 +170,7 @@ func runServe(ctx context.Context, args []string, env envFunc, stdout, stderr io
 		PollInterval: c.pollInterval, MaxWorkers: c.maxWorkers, RescueAfter: c.rescueAfter,
 		Audience: ac, Senders: senders, ProviderRates: rates,
 		SendBatchSize: c.delivery.sendBatchSize, SendChunkSize: c.delivery.sendChunkSize, SendRoundsInFlight: c.delivery.sendRounds,
-		SendWorkers:       c.delivery.sendWorkers,
+		SendWorkers: c.delivery.sendWorkers, CadenceAuthorization: c.delivery.cadenceAuth,
 		HeartbeatInterval: c.heartbeat, LostAfter: c.lostAfter, Version: versionString(),
 		Observer: met, PoolStats: be.poolStats,
 		HealthErrorWindow: c.errorWindow, HealthErrorThreshold: int64(c.errorThreshold),
