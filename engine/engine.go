@@ -183,7 +183,12 @@ func New[TDriver riverdriver.Driver[TTx], TTx any](st *store.Store, driver TDriv
 		if !queueName.MatchString(name) || len(name) > 59 {
 			return nil, pb.Errorf(pb.KindValidation, "provider name %q: it names the River queue of its sends, so it must be at most 59 lower-case letters and digits, separated by single '-' or '_'", name)
 		}
-		queues[sendQueue(name)] = river.QueueConfig{MaxWorkers: e.sendWorkers(name)}
+		// A send queue polls less often than the phases' queue: each poll
+		// is a query, and SQLite has no LISTEN/NOTIFY to announce jobs. A
+		// batch that ends fetches the next at once (River does that for a
+		// full queue), and PostgreSQL announces new batches, so only a
+		// send's first batches on SQLite wait for a poll.
+		queues[sendQueue(name)] = river.QueueConfig{MaxWorkers: e.sendWorkers(name), FetchPollInterval: max(cfg.PollInterval, sendQueuePoll)}
 	}
 	rc := &river.Config{
 		ID:                   cfg.InstanceID,
@@ -212,6 +217,9 @@ func New[TDriver riverdriver.Driver[TTx], TTx any](st *store.Store, driver TDriv
 	e.jobs = j
 	return e, nil
 }
+
+// sendQueuePoll is the least time between polls of a send queue.
+const sendQueuePoll = 250 * time.Millisecond
 
 func withDefaults(c Config) Config {
 	if c.InstanceID == "" {
