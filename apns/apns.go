@@ -307,14 +307,14 @@ func (s *Sender) deliver(ctx context.Context, p *pb.Push) pb.SendResult {
 			if !o.hasRetryAfter {
 				wait = s.backoff.Delay(res.Attempts, s.rand())
 			}
-			s.log.Debug("apns: retrying", "event", "apns.retry", "user_id", p.Recipient.UserID, "attempt", res.Attempts,
+			s.log.DebugContext(ctx, "apns: retrying", "event", "apns.retry", "user_id", p.Recipient.UserID, "attempt", res.Attempts,
 				"code", pb.ErrorCode(o.err), "wait", wait)
 			if err := s.sleep(ctx, wait); err != nil {
 				return stopped(ctx, res)
 			}
 		default:
 			if o.state == pb.DeliveryUnknown {
-				s.log.Warn("apns: outcome unknown", "event", "apns.unknown", "user_id", p.Recipient.UserID, "err", o.err.Message)
+				s.log.WarnContext(ctx, "apns: outcome unknown", "event", "apns.unknown", "user_id", p.Recipient.UserID, "err", o.err.Message)
 			}
 			return res
 		}

@@ -276,7 +276,7 @@ func (r *sendRun) round(ctx context.Context, rs []pb.Recipient) error {
 	}
 	var sent []pb.SendResult
 	if len(pushes) > 0 {
-		sent = r.sender.Send(ctx, pushes)
+		sent = r.sender.Send(r.logCtx(ctx), pushes)
 	}
 	var (
 		invalid           []store.InvalidToken
@@ -355,6 +355,20 @@ func (r *sendRun) round(ctx context.Context, rs []pb.Recipient) error {
 	}
 	e.progress(ctx, r) // a progress event, at most one a second (events.go)
 	return berr
+}
+
+// logCtx is ctx carrying the send's log attributes, for the provider's own
+// lines (pb.WithLogAttrs).
+func (r *sendRun) logCtx(ctx context.Context) context.Context {
+	phase := pb.PhaseLiveSend
+	if r.aud == store.AudienceTest {
+		phase = pb.PhaseTestSend
+	}
+	attrs := []slog.Attr{slog.Int64("automation_id", r.a.ID), slog.Int64("execution_id", r.ex.ID), slog.String("phase", string(phase))}
+	if r.seq >= 0 {
+		attrs = append(attrs, slog.Int("batch", r.seq))
+	}
+	return pb.WithLogAttrs(ctx, attrs...)
 }
 
 // roundsInFlight is how many rounds of provider may be between claim and

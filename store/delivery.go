@@ -278,17 +278,11 @@ func (o ops) HoldDeliveries(ctx context.Context, id int64, aud Audience, results
 
 // DeliveryCounts returns the number of ledger rows per state.
 func (o ops) DeliveryCounts(ctx context.Context, id int64, aud Audience) (map[pb.DeliveryState]int64, error) {
-	return o.stateCounts(ctx, fmt.Sprintf("count deliveries of execution %d", id), `
+	rows, err := o.q.Query(ctx, `
 		SELECT state, count(*) FROM deliveries WHERE execution_id = $1 AND audience = $2 GROUP BY state`,
 		id, string(aud))
-}
-
-// stateCounts runs a query of (state, count) rows; what names the read in
-// an error.
-func (o ops) stateCounts(ctx context.Context, what, query string, args ...any) (map[pb.DeliveryState]int64, error) {
-	rows, err := o.q.Query(ctx, query, args...)
 	if err != nil {
-		return nil, dbErr(err, "%s", what)
+		return nil, dbErr(err, "count deliveries of execution %d", id)
 	}
 	defer rows.Close()
 	out := map[pb.DeliveryState]int64{}
@@ -298,11 +292,11 @@ func (o ops) stateCounts(ctx context.Context, what, query string, args ...any) (
 			n     int64
 		)
 		if err := rows.Scan(&state, &n); err != nil {
-			return nil, dbErr(err, "%s", what)
+			return nil, dbErr(err, "count deliveries of execution %d", id)
 		}
 		out[pb.DeliveryState(state)] = n
 	}
-	return out, dbErr(rows.Err(), "%s", what)
+	return out, dbErr(rows.Err(), "count deliveries of execution %d", id)
 }
 
 // DeliveryRow is one ledger row.

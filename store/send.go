@@ -128,12 +128,13 @@ func (o ops) BatchProgress(ctx context.Context, id int64, seq int, attempted, fa
 	return totalAttempted, totalFailed, dbErr(err, "sum the send batches of execution %d", id)
 }
 
-// LiveCounts is the live send's ledger rows by final state, summed over
-// its batches: exact for the batches that finished (FinishBatch counts
-// their rows), as the rounds reported for the others. It reads one row
-// per batch, not the ledger, so it is cheap enough to ask every second
-// of a send to millions. Only a look at the ledger (DeliveryCounts) is
-// exact while batches run; the phase's end uses that.
+// LiveCounts is the live send's ledger rows by final state, as its
+// batches' rounds reported them (BatchProgress). It reads one row per
+// batch, not the ledger, so it is cheap enough to ask every second of a
+// send to millions. It can be short by the rounds a crash cut between
+// their ledger write and their report, and count twice the unknown rows
+// an on_unknown resend sends again; the ledger (DeliveryCounts) is the
+// truth, and the phase's end takes its metrics from there.
 // batches is how many batches the send has; a live send without any (test
 // mode sends to its test audience in one go) has no counts here.
 func (o ops) LiveCounts(ctx context.Context, id int64) (counts map[pb.DeliveryState]int64, batches int64, err error) {
@@ -161,22 +162,9 @@ func (o ops) BatchFailed(ctx context.Context, id int64, seq int) (int, error) {
 // of the execution are not done yet. Call it with the execution row locked
 // so that exactly one batch sees zero.
 func (o ops) FinishBatch(ctx context.Context, id int64, seq int, note, instance string, now time.Time) (remaining int, err error) {
-	// The batch's own ledger rows, counted exactly once: what rounds
-	// reported can be short after a crash or a retried round.
-	counts, err := o.stateCounts(ctx, fmt.Sprintf("count the deliveries of send batch %d of execution %d", seq, id), `
-		SELECT d.state, count(*) FROM send_batches b
-		JOIN recipients r ON r.execution_id = b.execution_id AND r.id BETWEEN b.first_id AND b.last_id
-		JOIN deliveries d ON d.execution_id = r.execution_id AND d.audience = $3 AND d.user_id = r.user_id AND d.token = r.token
-		WHERE b.execution_id = $1 AND b.seq = $2
-		GROUP BY d.state`, id, seq, string(AudienceLive))
-	if err != nil {
-		return 0, err
-	}
 	if _, err := o.q.Exec(ctx, `
-		UPDATE send_batches SET state = 'done', note = $3, instance = $4, updated_at = $5,
-		       ledger_sent = $6, ledger_failed = $7, ledger_invalid = $8, ledger_capped = $9, ledger_unknown = $10
-		WHERE execution_id = $1 AND seq = $2`, id, seq, note, instance, Canon(now),
-		counts[DeliverySent], counts[DeliveryFailed], counts[DeliveryInvalidToken], counts[DeliveryCapped], counts[DeliveryUnknown]); err != nil {
+		UPDATE send_batches SET state = 'done', note = $3, instance = $4, updated_at = $5
+		WHERE execution_id = $1 AND seq = $2`, id, seq, note, instance, Canon(now)); err != nil {
 		return 0, dbErr(err, "finish send batch %d of execution %d", seq, id)
 	}
 	err = o.q.QueryRow(ctx, `SELECT count(*) FROM send_batches WHERE execution_id = $1 AND state <> 'done'`, id).Scan(&remaining)

@@ -372,7 +372,7 @@ func (s *Sender) sendBatch(ctx context.Context, ps []pb.Push, out []pb.SendResul
 		case o.maybeDelivered:
 			maybeDelivered = true
 			if !s.cfg.RetryUnknown {
-				log.Warn("webhook batch may have been delivered; not retried", "event", "webhook.unknown", "attempt", attempts, "error", o.err.Message)
+				log.WarnContext(ctx, "webhook batch may have been delivered; not retried", "event", "webhook.unknown", "attempt", attempts, "error", o.err.Message)
 				fill(out, pb.DeliveryUnknown, o.err, attempts)
 				return
 			}
@@ -394,7 +394,7 @@ func (s *Sender) sendBatch(ctx context.Context, ps []pb.Push, out []pb.SendResul
 		if o.hold > 0 || pb.ErrorCode(o.err) == pb.CodeQuotaExceeded {
 			s.holdFor(backoff)
 		}
-		log.Debug("webhook batch retried", "event", "webhook.retry", "attempt", attempts, "wait", backoff, "error", o.err.Message)
+		log.DebugContext(ctx, "webhook batch retried", "event", "webhook.retry", "attempt", attempts, "wait", backoff, "error", o.err.Message)
 	}
 }
 
@@ -454,7 +454,7 @@ func (s *Sender) attempt(ctx context.Context, id string, ps []pb.Push, body []by
 		// The status is the receiver's answer: a body cut short does not
 		// undo it, so what was read is used.
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes))
-		return outcome{results: s.results(id, ps, b)}
+		return outcome{results: s.results(ctx, id, ps, b)}
 	}
 	snippet, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 	o := outcome{}
@@ -489,7 +489,7 @@ func (s *Sender) attempt(ctx context.Context, id string, ps []pb.Push, body []by
 }
 
 // results turns a 2xx body into one result per push of the batch.
-func (s *Sender) results(id string, ps []pb.Push, body []byte) []pb.SendResult {
+func (s *Sender) results(ctx context.Context, id string, ps []pb.Push, body []byte) []pb.SendResult {
 	out := make([]pb.SendResult, len(ps))
 	for i := range out {
 		out[i].State = pb.DeliverySent
@@ -499,7 +499,7 @@ func (s *Sender) results(id string, ps []pb.Push, body []byte) []pb.SendResult {
 	}
 	var r Response
 	if err := json.Unmarshal(body, &r); err != nil {
-		s.log.Warn("webhook accepted a batch with a body that is not a results object; counted as sent", "event", "webhook.bad_response",
+		s.log.WarnContext(ctx, "webhook accepted a batch with a body that is not a results object; counted as sent", "event", "webhook.bad_response",
 			"batch_id", id, "error", err, "body", clean(body[:min(len(body), 200)]))
 		return out
 	}
@@ -538,7 +538,7 @@ func (s *Sender) results(id string, ps []pb.Push, body []byte) []pb.SendResult {
 	}
 	for tok, rs := range byToken {
 		if used[tok] == 0 {
-			s.log.Debug("webhook reported a token that is not in the batch", "event", "webhook.unknown_token", "batch_id", id, "results", len(rs))
+			s.log.DebugContext(ctx, "webhook reported a token that is not in the batch", "event", "webhook.unknown_token", "batch_id", id, "results", len(rs))
 		}
 	}
 	return out

@@ -278,11 +278,12 @@ func (c logConfig) logger(w io.Writer) (*slog.Logger, error) {
 			}
 		}
 	}
+	// ContextHandler: providers' lines carry the execution they send for.
 	switch format {
 	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
+		return slog.New(pb.ContextHandler{Handler: slog.NewJSONHandler(w, opts)}), nil
 	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
+		return slog.New(pb.ContextHandler{Handler: slog.NewTextHandler(w, opts)}), nil
 	}
 	return nil, pb.Errorf(pb.KindValidation, "--log-format=%q: use json or text", c.format)
 }

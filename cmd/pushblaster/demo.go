@@ -53,7 +53,7 @@ func runDemo(ctx context.Context, args []string, env envFunc, stdout, stderr io.
 		return pb.Errorf(pb.KindInternal, "create %s: %v", logPath, err)
 	}
 	defer logFile.Close()
-	log := slog.New(slog.NewJSONHandler(logFile, nil))
+	log := slog.New(pb.ContextHandler{Handler: slog.NewJSONHandler(logFile, nil)})
 
 	be, err := openBackend(ctx, dbConfig{url: *dbURL})
 	if err != nil {

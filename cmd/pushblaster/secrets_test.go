@@ -845,6 +845,13 @@ func TestLogLinesFollowTheConventions(t *testing.T) {
 		if strings.HasPrefix(ev, "phase.") && str("phase") == "" {
 			t.Errorf("line %d is a %s without a phase: %s", i+1, ev, line)
 		}
+		// A provider's line during a send names the send.
+		if ev == "fcm.retry" && (rec["execution_id"] == nil || str("phase") == "" || rec["automation_id"] == nil) {
+			t.Errorf("line %d, a provider's line in a send, lacks execution_id, automation_id or phase: %s", i+1, line)
+		}
+		if ev == "fcm.retry" && bytes.Count([]byte(line), []byte(`"execution_id"`)) != 1 {
+			t.Errorf("line %d names execution_id more than once: %s", i+1, line)
+		}
 	}
 	if len(instances) > 1 {
 		t.Errorf("the lines of one instance name %d instance ids: %v", len(instances), instances)

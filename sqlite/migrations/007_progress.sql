@@ -1,6 +1,5 @@
 -- Live-send progress without counting the ledger: each batch keeps its
--- ledger rows' outcomes by state. Rounds add theirs as they go; a batch
--- that finishes is counted exactly from the ledger.
+-- ledger rows' outcomes by state, added by its rounds as they end.
 ALTER TABLE send_batches ADD COLUMN ledger_sent BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE send_batches ADD COLUMN ledger_failed BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE send_batches ADD COLUMN ledger_invalid BIGINT NOT NULL DEFAULT 0;
