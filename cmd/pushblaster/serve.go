@@ -58,7 +58,7 @@ func parseServe(args []string, env envFunc, stderr io.Writer) (*serveConfig, err
 	fs.StringVar(&c.instanceID, "instance-id", env("PUSHBLASTER_INSTANCE_ID"), "name of this instance in records and logs (default host-pid-random) (env PUSHBLASTER_INSTANCE_ID)")
 	fs.DurationVar(&c.tickInterval, "tick-interval", time.Second, "how often the scheduler looks for due fires")
 	fs.DurationVar(&c.pollInterval, "poll-interval", 100*time.Millisecond, "how often due jobs are fetched; bounds how late a phase starts")
-	fs.IntVar(&c.maxWorkers, "max-workers", workers, "jobs run at once on this instance (env PUSHBLASTER_MAX_WORKERS)")
+	fs.IntVar(&c.maxWorkers, "max-workers", workers, "phase jobs run at once on this instance; live-send batches have their own queues (--send-workers) (env PUSHBLASTER_MAX_WORKERS)")
 	fs.DurationVar(&c.rescueAfter, "rescue-after", 15*time.Minute, "a job running longer than this is presumed dead with its instance and run again")
 	fs.DurationVar(&c.heartbeat, "heartbeat-interval", 5*time.Second, "how often this instance records that it is alive and watches the others")
 	fs.DurationVar(&c.lostAfter, "lost-after", 60*time.Second, "another instance silent this long is declared lost and its running jobs resume here (at least 3 heartbeat intervals)")
