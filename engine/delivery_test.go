@@ -2,6 +2,7 @@ package engine_test
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -9,7 +10,9 @@ import (
 	pb "github.com/pushblaster/pushblaster"
 	"github.com/pushblaster/pushblaster/cadence/cadencetest"
 	"github.com/pushblaster/pushblaster/engine"
+	"github.com/pushblaster/pushblaster/internal/testdb"
 	"github.com/pushblaster/pushblaster/store"
+	"github.com/riverqueue/river/riverdriver/riversqlite"
 )
 
 // runOnce creates a and runs its first execution to the end (09:30 Berlin
@@ -655,5 +658,20 @@ func TestBigSendDoesNotHoldUpOtherPhases(t *testing.T) {
 	release()
 	if ex := b.waitStatus(exBig.ID, pb.StatusCompleted); ex.Metrics[pb.MetricSent] != 10 {
 		t.Fatalf("the big send after release: %s %v", describe(ex), ex.Metrics)
+	}
+}
+
+// TestProviderNameMustNameAQueue: a provider's name names the River queue
+// of its sends, so a name River would refuse is a validation error at New
+// that names the provider and the rule.
+func TestProviderNameMustNameAQueue(t *testing.T) {
+	t.Parallel()
+	db := testdb.NewSQLite(t)
+	for _, name := range []string{"Push Co", "fcm__eu", strings.Repeat("p", 60)} {
+		_, err := engine.New(db.Store, riversqlite.New(db.SQLite.DB), engine.Config{
+			Logger: testLogger(t), Senders: map[string]pb.Sender{name: newRecordingSender()}})
+		if pb.ErrorKind(err) != pb.KindValidation || !strings.Contains(err.Error(), strconv.Quote(name)) || !strings.Contains(err.Error(), "lower-case letters and digits") {
+			t.Errorf("provider %q: %v; want a validation error naming it and the rule", name, err)
+		}
 	}
 }

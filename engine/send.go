@@ -490,7 +490,10 @@ func (r *sendRun) claim(ctx context.Context, rs []pb.Recipient, held []store.Del
 	}
 	r.observeHeld(wroteHold, written)
 	final := map[pb.DeliveryState]int64{}
-	if written > 0 && written == int64(len(wroteHold)) { // else the batch's end counts them
+	// A retried round that finds some holds written already counts none:
+	// it cannot tell which it wrote (progress may fall short, see
+	// store.LiveCounts; the phase's end counts the ledger).
+	if written > 0 && written == int64(len(wroteHold)) {
 		for i := range wroteHold {
 			final[wroteHold[i].State]++
 		}
